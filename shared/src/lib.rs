@@ -1,0 +1,21 @@
+//! Everything the storage protocol demands, written once.
+//!
+//! A backend implements [`ValueBackend`] or [`ContextBackend`] on already
+//! validated, typed inputs; [`server::serve_value`] / [`server::serve_context`]
+//! wrap it in the Hub's gRPC service plus health, reflection, metrics, TLS and
+//! graceful shutdown. No store SDK is ever a dependency of this crate.
+
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod metrics;
+pub mod proto;
+pub mod server;
+pub mod telemetry;
+pub mod types;
+pub mod validate;
+
+pub use backend::{Backend, ContextBackend, Describe, ValueBackend};
+pub use error::{Error, ErrorKind, Result};
+pub use types::{Context, Owner, Revision, Secret, TypeInstanceId, Value};

@@ -1,0 +1,347 @@
+//! The process around a backend: gRPC server with health, reflection and
+//! `BackendInfo`, metrics endpoint, TLS, and bounded graceful shutdown.
+
+use std::{future::Future, process::ExitCode, sync::Arc, time::Duration};
+
+use clap::Parser;
+use tokio::net::TcpListener;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    Backend, ContextBackend, Result, ValueBackend,
+    config::ServerConfig,
+    grpc::{Adapter, AdapterOptions, Info},
+    proto::{
+        self, info::backend_info_server::BackendInfoServer,
+        storage_backend::{
+            context_storage_backend_server::ContextStorageBackendServer,
+            value_and_context_storage_backend_server::ValueAndContextStorageBackendServer,
+        },
+    },
+};
+
+/// A backend's full configuration: the server part plus its own settings.
+pub trait BackendConfig: Parser + Send + 'static {
+    fn server(&self) -> &ServerConfig;
+}
+
+/// `main` of a value backend: parse config, build the backend, serve until a
+/// signal. Startup errors are printed with what to change, and exit with 2.
+pub fn main_value<C, B, F, Fut>(build: F) -> ExitCode
+where
+    C: BackendConfig,
+    B: ValueBackend,
+    F: FnOnce(C) -> Fut,
+    Fut: Future<Output = Result<B>>,
+{
+    main_with(build, |backend, server| Box::pin(serve_value(backend, server)))
+}
+
+/// `main` of a context backend; see [`main_value`].
+pub fn main_context<C, B, F, Fut>(build: F) -> ExitCode
+where
+    C: BackendConfig,
+    B: ContextBackend,
+    F: FnOnce(C) -> Fut,
+    Fut: Future<Output = Result<B>>,
+{
+    main_with(build, |backend, server| Box::pin(serve_context(backend, server)))
+}
+
+type ServeFuture = std::pin::Pin<Box<dyn Future<Output = Result<(), String>>>>;
+
+fn main_with<C, B, F, Fut>(build: F, serve: impl FnOnce(Arc<B>, ServerConfig) -> ServeFuture) -> ExitCode
+where
+    C: BackendConfig,
+    B: Backend,
+    F: FnOnce(C) -> Fut,
+    Fut: Future<Output = Result<B>>,
+{
+    let config = C::parse();
+    let server = config.server().clone();
+    if let Err(e) = server.check() {
+        eprintln!("configuration error: {e}");
+        return ExitCode::from(2);
+    }
+    if let Err(e) = crate::telemetry::init(server.log_format, &server.log_level) {
+        eprintln!("configuration error: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let backend = match build(config).await {
+            Ok(b) => Arc::new(b),
+            Err(e) => {
+                tracing::error!(error = %e.detail(), "backend failed to start");
+                return ExitCode::from(2);
+            }
+        };
+        match serve(backend, server).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "server failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Serves a value backend on `config.grpc_addr` until SIGTERM/SIGINT.
+pub async fn serve_value<B: ValueBackend>(backend: Arc<B>, config: ServerConfig) -> Result<(), String> {
+    let listener = bind(config.grpc_addr.0).await?;
+    run_value(backend, &config, listener, shutdown_signal()).await
+}
+
+/// Serves a context backend on `config.grpc_addr` until SIGTERM/SIGINT.
+pub async fn serve_context<B: ContextBackend>(backend: Arc<B>, config: ServerConfig) -> Result<(), String> {
+    let listener = bind(config.grpc_addr.0).await?;
+    run_context(backend, &config, listener, shutdown_signal()).await
+}
+
+/// Serves a value backend on `listener` until `shutdown` resolves (tests
+/// pass their own listener and trigger).
+pub async fn run_value<B: ValueBackend>(
+    backend: Arc<B>,
+    config: &ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let adapter = adapter(&backend, config)?;
+    let info = Info::new(adapter.describe(), adapter.max_value_bytes());
+    let svc = ValueAndContextStorageBackendServer::new(adapter)
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+    run(backend, config, listener, shutdown, proto::VALUE_SERVICE, info, |r| r.add_service(svc)).await
+}
+
+/// Serves a context backend on `listener` until `shutdown` resolves.
+pub async fn run_context<B: ContextBackend>(
+    backend: Arc<B>,
+    config: &ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let adapter = adapter(&backend, config)?;
+    let info = Info::new(adapter.describe(), adapter.max_value_bytes());
+    let svc = ContextStorageBackendServer::new(adapter)
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+    run(backend, config, listener, shutdown, proto::CONTEXT_SERVICE, info, |r| r.add_service(svc)).await
+}
+
+fn adapter<B: Backend>(backend: &Arc<B>, config: &ServerConfig) -> Result<Adapter<B>, String> {
+    let options = AdapterOptions {
+        request_timeout: config.request_timeout,
+        max_value_bytes: config.max_value_bytes,
+    };
+    Adapter::new(Arc::clone(backend), &options).map_err(|e| e.detail())
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} (APP_GRPC_ADDR): {e}"))
+}
+
+type Router = tonic::transport::server::Router;
+
+async fn run<B: Backend>(
+    backend: Arc<B>,
+    config: &ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    service_name: &'static str,
+    info: Info,
+    add_backend: impl FnOnce(Router) -> Router,
+) -> Result<(), String> {
+    let describe = backend.describe();
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let services = ["", service_name, proto::INFO_SERVICE];
+    set_status(&reporter, &services, ServingStatus::NotServing).await;
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| format!("reflection setup failed: {e}"))?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| format!("reflection setup failed: {e}"))?;
+
+    let mut builder = Server::builder();
+    if let Some(tls) = tls_config(config)? {
+        builder = builder.tls_config(tls).map_err(|e| format!("TLS setup failed: {e}"))?;
+    }
+    let router = builder
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(BackendInfoServer::new(info));
+    let router = add_backend(router);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+
+    let metrics_task = match config.metrics_addr.0 {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} (APP_METRICS_ADDR): {e}"))?;
+            let mut rx = stop_rx.clone();
+            Some(tokio::spawn(crate::metrics::serve(l, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })))
+        }
+        None => None,
+    };
+
+    let probe_task = tokio::spawn(probe_loop(
+        Arc::clone(&backend),
+        reporter.clone(),
+        services,
+        config.health_interval,
+        config.health_failure_threshold,
+        stop_rx.clone(),
+    ));
+
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(
+        backend = describe.name,
+        version = describe.version,
+        addr = %local,
+        tls = config.tls_cert.is_some(),
+        mtls = config.tls_client_ca.is_some(),
+        "serving"
+    );
+
+    let mut server_stop = stop_rx.clone();
+    let server = router.serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+        let _ = server_stop.wait_for(|s| *s).await;
+    });
+    tokio::pin!(server);
+    tokio::pin!(shutdown);
+
+    let result = tokio::select! {
+        r = &mut server => r.map_err(|e| format!("gRPC server failed: {e}")),
+        () = &mut shutdown => {
+            tracing::info!(grace = %humantime::format_duration(config.shutdown_grace), "shutting down");
+            // NOT_SERVING first so that load balancers stop sending traffic.
+            set_status(&reporter, &services, ServingStatus::NotServing).await;
+            let _ = stop_tx.send(true);
+            match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+                Ok(r) => r.map_err(|e| format!("gRPC server failed: {e}")),
+                Err(_) => {
+                    tracing::warn!("grace period over; dropping the requests still running");
+                    Ok(())
+                }
+            }
+        }
+    };
+    let _ = stop_tx.send(true);
+    probe_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    tracing::info!("stopped");
+    result
+}
+
+fn tls_config(config: &ServerConfig) -> Result<Option<ServerTlsConfig>, String> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::Path, var: &str| {
+        std::fs::read(p).map_err(|e| format!("cannot read {var} file {}: {e}", p.display()))
+    };
+    let identity = Identity::from_pem(read(cert, "APP_TLS_CERT")?, read(key, "APP_TLS_KEY")?);
+    let mut tls = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &config.tls_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca, "APP_TLS_CLIENT_CA")?));
+    }
+    Ok(Some(tls))
+}
+
+async fn set_status(reporter: &HealthReporter, services: &[&str], status: ServingStatus) {
+    for s in services {
+        reporter.set_service_status(*s, status).await;
+    }
+}
+
+/// SERVING after a successful probe; NOT_SERVING after `threshold`
+/// consecutive failures (and until the first success).
+async fn probe_loop<B: Backend>(
+    backend: Arc<B>,
+    reporter: HealthReporter,
+    services: [&'static str; 3],
+    interval: Duration,
+    threshold: u32,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut failures = 0u32;
+    let mut serving = false;
+    loop {
+        let ok = match tokio::time::timeout(interval.max(Duration::from_secs(1)), backend.probe()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e.detail(), "health probe failed");
+                false
+            }
+            Err(_) => {
+                tracing::warn!("health probe timed out");
+                false
+            }
+        };
+        if *stop.borrow() {
+            return;
+        }
+        if ok {
+            failures = 0;
+            if !serving {
+                serving = true;
+                tracing::info!("backing store reachable: SERVING");
+                set_status(&reporter, &services, ServingStatus::Serving).await;
+            }
+        } else {
+            failures = failures.saturating_add(1);
+            if serving && failures >= threshold {
+                serving = false;
+                tracing::warn!(failures, "backing store unreachable: NOT_SERVING");
+                set_status(&reporter, &services, ServingStatus::NotServing).await;
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
