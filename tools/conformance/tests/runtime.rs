@@ -1,0 +1,186 @@
+//! The process around a backend: health tracking the store, reflection,
+//! metrics, deadlines, TLS and mutual TLS, graceful shutdown.
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    path::Path,
+    process::Command,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use conformance::{Connect, Target};
+use support::{Memory, start, start_with};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+async fn health(url: &str, service: &str) -> ServingStatus {
+    let channel = Connect::plain(url).channel().await.expect("connect");
+    let resp = HealthClient::new(channel)
+        .check(HealthCheckRequest { service: service.into() })
+        .await
+        .expect("health check");
+    ServingStatus::try_from(resp.into_inner().status).unwrap_or(ServingStatus::Unknown)
+}
+
+/// Polls until the status is reached; bounded so a broken server fails
+/// instead of hanging (a liveness bound, not a speed assertion).
+async fn wait_for_health(url: &str, want: ServingStatus) {
+    for _ in 0..100 {
+        if health(url, "storage_backend.ValueAndContextStorageBackend").await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("health never became {want:?}");
+}
+
+#[tokio::test]
+async fn health_follows_the_backing_store() {
+    let backend = Memory::new(None);
+    backend.healthy.store(true, Ordering::SeqCst);
+    let backend = Arc::new(backend);
+    let server = support::start_shared(Arc::clone(&backend), &["--health-failure-threshold", "1"]).await;
+    wait_for_health(&server.url, ServingStatus::Serving).await;
+    assert_eq!(health(&server.url, "").await, ServingStatus::Serving);
+    backend.healthy.store(false, Ordering::SeqCst);
+    wait_for_health(&server.url, ServingStatus::NotServing).await;
+    backend.healthy.store(true, Ordering::SeqCst);
+    wait_for_health(&server.url, ServingStatus::Serving).await;
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_server_within_the_grace_period() {
+    let mut server = start_with(Memory::new(None), &["--shutdown-grace", "2s"]).await;
+    wait_for_health(&server.url, ServingStatus::Serving).await;
+    server.stop();
+    let done = server.done.take().expect("server task");
+    tokio::time::timeout(Duration::from_secs(10), done)
+        .await
+        .expect("server stopped")
+        .expect("server task ended cleanly");
+    assert!(Connect::plain(server.url.clone()).channel().await.is_err());
+}
+
+#[tokio::test]
+async fn reflection_lists_every_service() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let server = start(Memory::new(None)).await;
+    let channel = Connect::plain(server.url.clone()).channel().await.expect("connect");
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::once(req))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let resp = stream.message().await.expect("message").expect("one response");
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected reflection response");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in [
+        "storage_backend.ValueAndContextStorageBackend",
+        "capact_storage.info.v1.BackendInfo",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect metrics");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_method_and_code() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let server = start_with(Memory::new(None), &["--metrics-addr", &addr]).await;
+    let target = Target::connect(&Connect::plain(server.url.clone()), None).await.expect("connect");
+    let _ = target.get("missing", 1).await;
+    let body = tokio::task::spawn_blocking(move || http_get(&addr, "/metrics")).await.expect("get");
+    assert!(body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(
+        body.contains(r#"storage_backend_grpc_requests_total{code="NOT_FOUND",method="GetValue"}"#),
+        "{body}"
+    );
+    assert!(body.contains("storage_backend_grpc_request_duration_seconds_bucket"));
+}
+
+#[tokio::test]
+async fn slow_request_ends_with_deadline_exceeded() {
+    let mut backend = Memory::new(None);
+    backend.read_delay = Duration::from_secs(3);
+    let server = start_with(backend, &["--request-timeout", "200ms"]).await;
+    let target = Target::connect(&Connect::plain(server.url.clone()), None).await.expect("connect");
+    let err = target.get("slow", 1).await.expect_err("deadline");
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+}
+
+/// A CA, a server certificate for 127.0.0.1/localhost and a client
+/// certificate, made with the openssl CLI.
+fn make_pki(dir: &Path) {
+    let run = |args: &[&str]| {
+        let ok = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(ok.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&ok.stderr));
+    };
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").expect("ext");
+    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test-ca"]);
+    for name in ["server", "client"] {
+        run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN={name}")]);
+        run(&["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", &format!("{name}.pem"), "-days", "2", "-extfile", "san.ext"]);
+    }
+}
+
+#[tokio::test]
+async fn tls_and_mutual_tls_are_enforced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    make_pki(dir.path());
+    let p = |f: &str| dir.path().join(f).display().to_string();
+
+    let tls = start_with(Memory::new(None), &["--tls-cert", &p("server.pem"), "--tls-key", &p("server.key")]).await;
+    let url = tls.url.replace("http://", "https://");
+    let with_ca = Connect { url: url.clone(), tls_ca: Some(p("ca.pem").into()), ..Connect::default() };
+    let target = Target::connect(&with_ca, None).await.expect("tls connect");
+    target.create("tls-value", b"v").await.expect("create over tls");
+    assert!(Target::connect(&Connect::plain(tls.url.clone()), None).await.is_err(), "plaintext accepted");
+
+    let mtls = start_with(
+        Memory::new(None),
+        &["--tls-cert", &p("server.pem"), "--tls-key", &p("server.key"), "--tls-client-ca", &p("ca.pem")],
+    )
+    .await;
+    let url = mtls.url.replace("http://", "https://");
+    let no_cert = Connect { url: url.clone(), tls_ca: Some(p("ca.pem").into()), ..Connect::default() };
+    assert!(Target::connect(&no_cert, None).await.is_err(), "client without certificate accepted");
+    let with_cert = Connect {
+        url,
+        tls_ca: Some(p("ca.pem").into()),
+        tls_cert: Some(p("client.pem").into()),
+        tls_key: Some(p("client.key").into()),
+        tls_domain: None,
+    };
+    let target = Target::connect(&with_cert, None).await.expect("mtls connect");
+    target.create("mtls-value", b"v").await.expect("create over mtls");
+}
