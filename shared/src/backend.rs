@@ -39,7 +39,12 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The value of exactly `revision`. NOT_FOUND if the TypeInstance or the
     /// revision does not exist.
-    async fn get_value(&self, id: &TypeInstanceId, revision: Revision, ctx: &Context) -> Result<Value>;
+    async fn get_value(
+        &self,
+        id: &TypeInstanceId,
+        revision: Revision,
+        ctx: &Context,
+    ) -> Result<Value>;
 
     async fn get_locked_by(&self, id: &TypeInstanceId, ctx: &Context) -> Result<Option<Owner>>;
 
@@ -55,7 +60,12 @@ pub trait Backend: Send + Sync + 'static {
 #[async_trait]
 pub trait ValueBackend: Backend {
     /// Stores revision 1. Returns a context to replace the Hub's, if any.
-    async fn create(&self, id: &TypeInstanceId, value: Value, ctx: &Context) -> Result<Option<Json>>;
+    async fn create(
+        &self,
+        id: &TypeInstanceId,
+        value: Value,
+        ctx: &Context,
+    ) -> Result<Option<Json>>;
 
     /// Stores `revision`, which must be above every stored revision.
     async fn update(
@@ -67,7 +77,8 @@ pub trait ValueBackend: Backend {
         owner: Option<&Owner>,
     ) -> Result<Option<Json>>;
 
-    async fn delete(&self, id: &TypeInstanceId, ctx: &Context, owner: Option<&Owner>) -> Result<()>;
+    async fn delete(&self, id: &TypeInstanceId, ctx: &Context, owner: Option<&Owner>)
+    -> Result<()>;
 
     async fn delete_revision(
         &self,
@@ -95,8 +106,14 @@ pub trait ContextBackend: Backend {
         owner: Option<&Owner>,
     ) -> Result<Option<Json>>;
 
-    async fn delete(&self, id: &TypeInstanceId, ctx: &Context, owner: Option<&Owner>) -> Result<()>;
+    async fn delete(&self, id: &TypeInstanceId, ctx: &Context, owner: Option<&Owner>)
+    -> Result<()>;
 
     /// The wire carries no context for this call.
-    async fn delete_revision(&self, id: &TypeInstanceId, revision: Revision, owner: Option<&Owner>) -> Result<()>;
+    async fn delete_revision(
+        &self,
+        id: &TypeInstanceId,
+        revision: Revision,
+        owner: Option<&Owner>,
+    ) -> Result<()>;
 }

@@ -13,7 +13,11 @@ impl FromStr for ListenAddr {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_owned() };
+        let full = if s.starts_with(':') {
+            format!("0.0.0.0{s}")
+        } else {
+            s.to_owned()
+        };
         full.parse()
             .map(Self)
             .map_err(|_| format!("'{s}' is not a listen address: use HOST:PORT or :PORT"))
@@ -133,7 +137,10 @@ mod tests {
     #[test]
     fn defaults_match_capact() {
         let cli = Cli::try_parse_from(["x"]).expect("defaults parse");
-        assert_eq!(cli.server.grpc_addr.0, "0.0.0.0:50051".parse().expect("addr"));
+        assert_eq!(
+            cli.server.grpc_addr.0,
+            "0.0.0.0:50051".parse().expect("addr")
+        );
         assert!(cli.server.check().is_ok());
     }
 

@@ -144,7 +144,9 @@ impl Error {
     /// The status sent to the caller. INTERNAL keeps its details in the log.
     pub fn to_status(&self, backend: &str) -> tonic::Status {
         let message = match self.kind {
-            ErrorKind::Internal => format!("internal error in the {backend} backend (details in its log)"),
+            ErrorKind::Internal => {
+                format!("internal error in the {backend} backend (details in its log)")
+            }
             _ => self.message.clone(),
         };
         tonic::Status::new(self.code(), message)

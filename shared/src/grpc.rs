@@ -87,7 +87,11 @@ impl<B: Backend> Adapter<B> {
         fut: impl Future<Output = Result<T>>,
     ) -> Result<Response<T>, Status> {
         // Only a valid id is logged: an invalid one may hold anything.
-        let id = if TypeInstanceId::parse(raw_id).is_ok() { raw_id } else { "<invalid>" };
+        let id = if TypeInstanceId::parse(raw_id).is_ok() {
+            raw_id
+        } else {
+            "<invalid>"
+        };
         let span = tracing::info_span!("rpc", method, id, revision);
         let start = std::time::Instant::now();
         let result = match tokio::time::timeout(deadline, fut.instrument(span.clone())).await {
@@ -119,18 +123,27 @@ impl<B: Backend> Adapter<B> {
         }
     }
 
-    async fn get_value(&self, req: Request<pb::GetValueRequest>) -> Result<Response<pb::GetValueResponse>, Status> {
+    async fn get_value(
+        &self,
+        req: Request<pb::GetValueRequest>,
+    ) -> Result<Response<pb::GetValueResponse>, Status> {
         let deadline = self.deadline(req.metadata());
         let r = req.into_inner();
-        self.run("GetValue", &r.type_instance_id, Some(r.resource_version), deadline, async {
-            let id = self.rules.id(&r.type_instance_id)?;
-            let revision = self.rules.revision(r.resource_version)?;
-            let ctx = self.rules.context(Some(&r.context))?;
-            let value = self.backend.get_value(&id, revision, &ctx).await?;
-            Ok(pb::GetValueResponse {
-                value: Some(value.into_bytes()),
-            })
-        })
+        self.run(
+            "GetValue",
+            &r.type_instance_id,
+            Some(r.resource_version),
+            deadline,
+            async {
+                let id = self.rules.id(&r.type_instance_id)?;
+                let revision = self.rules.revision(r.resource_version)?;
+                let ctx = self.rules.context(Some(&r.context))?;
+                let value = self.backend.get_value(&id, revision, &ctx).await?;
+                Ok(pb::GetValueResponse {
+                    value: Some(value.into_bytes()),
+                })
+            },
+        )
         .await
     }
 
@@ -151,7 +164,10 @@ impl<B: Backend> Adapter<B> {
         .await
     }
 
-    async fn lock(&self, req: Request<pb::OnLockRequest>) -> Result<Response<pb::OnLockResponse>, Status> {
+    async fn lock(
+        &self,
+        req: Request<pb::OnLockRequest>,
+    ) -> Result<Response<pb::OnLockResponse>, Status> {
         let deadline = self.deadline(req.metadata());
         let r = req.into_inner();
         self.run("OnLock", &r.type_instance_id, None, deadline, async {
@@ -164,7 +180,10 @@ impl<B: Backend> Adapter<B> {
         .await
     }
 
-    async fn unlock(&self, req: Request<pb::OnUnlockRequest>) -> Result<Response<pb::OnUnlockResponse>, Status> {
+    async fn unlock(
+        &self,
+        req: Request<pb::OnUnlockRequest>,
+    ) -> Result<Response<pb::OnUnlockResponse>, Status> {
         let deadline = self.deadline(req.metadata());
         let r = req.into_inner();
         self.run("OnUnlock", &r.type_instance_id, None, deadline, async {
@@ -184,7 +203,10 @@ fn context_bytes(ctx: Option<Json>) -> Option<bytes::Bytes> {
 
 #[tonic::async_trait]
 impl<B: ValueBackend> ValueAndContextStorageBackend for Adapter<B> {
-    async fn get_value(&self, req: Request<pb::GetValueRequest>) -> Result<Response<pb::GetValueResponse>, Status> {
+    async fn get_value(
+        &self,
+        req: Request<pb::GetValueRequest>,
+    ) -> Result<Response<pb::GetValueResponse>, Status> {
         Adapter::get_value(self, req).await
     }
 
@@ -212,17 +234,26 @@ impl<B: ValueBackend> ValueAndContextStorageBackend for Adapter<B> {
     ) -> Result<Response<pb::OnUpdateResponse>, Status> {
         let deadline = self.deadline(req.metadata());
         let r = req.into_inner();
-        self.run("OnUpdate", &r.type_instance_id, Some(r.new_resource_version), deadline, async {
-            let id = self.rules.id(&r.type_instance_id)?;
-            let revision = self.rules.revision(r.new_resource_version)?;
-            let ctx = self.rules.context(r.context.as_deref())?;
-            let owner = self.rules.owner(r.owner_id.as_deref())?;
-            let value = self.rules.value(r.new_value)?;
-            let out = self.backend.update(&id, revision, value, &ctx, owner.as_ref()).await?;
-            Ok(pb::OnUpdateResponse {
-                context: context_bytes(out),
-            })
-        })
+        self.run(
+            "OnUpdate",
+            &r.type_instance_id,
+            Some(r.new_resource_version),
+            deadline,
+            async {
+                let id = self.rules.id(&r.type_instance_id)?;
+                let revision = self.rules.revision(r.new_resource_version)?;
+                let ctx = self.rules.context(r.context.as_deref())?;
+                let owner = self.rules.owner(r.owner_id.as_deref())?;
+                let value = self.rules.value(r.new_value)?;
+                let out = self
+                    .backend
+                    .update(&id, revision, value, &ctx, owner.as_ref())
+                    .await?;
+                Ok(pb::OnUpdateResponse {
+                    context: context_bytes(out),
+                })
+            },
+        )
         .await
     }
 
@@ -248,14 +279,22 @@ impl<B: ValueBackend> ValueAndContextStorageBackend for Adapter<B> {
     ) -> Result<Response<pb::OnDeleteRevisionResponse>, Status> {
         let deadline = self.deadline(req.metadata());
         let r = req.into_inner();
-        self.run("OnDeleteRevision", &r.type_instance_id, Some(r.resource_version), deadline, async {
-            let id = self.rules.id(&r.type_instance_id)?;
-            let revision = self.rules.revision(r.resource_version)?;
-            let ctx = self.rules.context(r.context.as_deref())?;
-            let owner = self.rules.owner(r.owner_id.as_deref())?;
-            self.backend.delete_revision(&id, revision, &ctx, owner.as_ref()).await?;
-            Ok(pb::OnDeleteRevisionResponse {})
-        })
+        self.run(
+            "OnDeleteRevision",
+            &r.type_instance_id,
+            Some(r.resource_version),
+            deadline,
+            async {
+                let id = self.rules.id(&r.type_instance_id)?;
+                let revision = self.rules.revision(r.resource_version)?;
+                let ctx = self.rules.context(r.context.as_deref())?;
+                let owner = self.rules.owner(r.owner_id.as_deref())?;
+                self.backend
+                    .delete_revision(&id, revision, &ctx, owner.as_ref())
+                    .await?;
+                Ok(pb::OnDeleteRevisionResponse {})
+            },
+        )
         .await
     }
 
@@ -266,11 +305,17 @@ impl<B: ValueBackend> ValueAndContextStorageBackend for Adapter<B> {
         Adapter::get_locked_by(self, req).await
     }
 
-    async fn on_lock(&self, req: Request<pb::OnLockRequest>) -> Result<Response<pb::OnLockResponse>, Status> {
+    async fn on_lock(
+        &self,
+        req: Request<pb::OnLockRequest>,
+    ) -> Result<Response<pb::OnLockResponse>, Status> {
         Adapter::lock(self, req).await
     }
 
-    async fn on_unlock(&self, req: Request<pb::OnUnlockRequest>) -> Result<Response<pb::OnUnlockResponse>, Status> {
+    async fn on_unlock(
+        &self,
+        req: Request<pb::OnUnlockRequest>,
+    ) -> Result<Response<pb::OnUnlockResponse>, Status> {
         Adapter::unlock(self, req).await
     }
 }
@@ -293,11 +338,17 @@ impl<B: ContextBackend> ContextStorageBackend for Adapter<B> {
         .await
     }
 
-    async fn get_value(&self, req: Request<pb::GetValueRequest>) -> Result<Response<pb::GetValueResponse>, Status> {
+    async fn get_value(
+        &self,
+        req: Request<pb::GetValueRequest>,
+    ) -> Result<Response<pb::GetValueResponse>, Status> {
         Adapter::get_value(self, req).await
     }
 
-    async fn on_create(&self, req: Request<pb::OnCreateRequest>) -> Result<Response<pb::OnCreateResponse>, Status> {
+    async fn on_create(
+        &self,
+        req: Request<pb::OnCreateRequest>,
+    ) -> Result<Response<pb::OnCreateResponse>, Status> {
         let deadline = self.deadline(req.metadata());
         let r = req.into_inner();
         self.run("OnCreate", &r.type_instance_id, Some(1), deadline, async {
@@ -311,23 +362,38 @@ impl<B: ContextBackend> ContextStorageBackend for Adapter<B> {
         .await
     }
 
-    async fn on_update(&self, req: Request<pb::OnUpdateRequest>) -> Result<Response<pb::OnUpdateResponse>, Status> {
+    async fn on_update(
+        &self,
+        req: Request<pb::OnUpdateRequest>,
+    ) -> Result<Response<pb::OnUpdateResponse>, Status> {
         let deadline = self.deadline(req.metadata());
         let r = req.into_inner();
-        self.run("OnUpdate", &r.type_instance_id, Some(r.new_resource_version), deadline, async {
-            let id = self.rules.id(&r.type_instance_id)?;
-            let revision = self.rules.revision(r.new_resource_version)?;
-            let ctx = self.rules.context(Some(&r.context))?;
-            let owner = self.rules.owner(r.owner_id.as_deref())?;
-            let out = self.backend.update(&id, revision, &ctx, owner.as_ref()).await?;
-            Ok(pb::OnUpdateResponse {
-                context: context_bytes(out),
-            })
-        })
+        self.run(
+            "OnUpdate",
+            &r.type_instance_id,
+            Some(r.new_resource_version),
+            deadline,
+            async {
+                let id = self.rules.id(&r.type_instance_id)?;
+                let revision = self.rules.revision(r.new_resource_version)?;
+                let ctx = self.rules.context(Some(&r.context))?;
+                let owner = self.rules.owner(r.owner_id.as_deref())?;
+                let out = self
+                    .backend
+                    .update(&id, revision, &ctx, owner.as_ref())
+                    .await?;
+                Ok(pb::OnUpdateResponse {
+                    context: context_bytes(out),
+                })
+            },
+        )
         .await
     }
 
-    async fn on_delete(&self, req: Request<pb::OnDeleteRequest>) -> Result<Response<pb::OnDeleteResponse>, Status> {
+    async fn on_delete(
+        &self,
+        req: Request<pb::OnDeleteRequest>,
+    ) -> Result<Response<pb::OnDeleteResponse>, Status> {
         let deadline = self.deadline(req.metadata());
         let r = req.into_inner();
         self.run("OnDelete", &r.type_instance_id, None, deadline, async {
@@ -346,13 +412,21 @@ impl<B: ContextBackend> ContextStorageBackend for Adapter<B> {
     ) -> Result<Response<pb::OnDeleteRevisionResponse>, Status> {
         let deadline = self.deadline(req.metadata());
         let r = req.into_inner();
-        self.run("OnDeleteRevision", &r.type_instance_id, Some(r.resource_version), deadline, async {
-            let id = self.rules.id(&r.type_instance_id)?;
-            let revision = self.rules.revision(r.resource_version)?;
-            let owner = self.rules.owner(r.owner_id.as_deref())?;
-            self.backend.delete_revision(&id, revision, owner.as_ref()).await?;
-            Ok(pb::OnDeleteRevisionResponse {})
-        })
+        self.run(
+            "OnDeleteRevision",
+            &r.type_instance_id,
+            Some(r.resource_version),
+            deadline,
+            async {
+                let id = self.rules.id(&r.type_instance_id)?;
+                let revision = self.rules.revision(r.resource_version)?;
+                let owner = self.rules.owner(r.owner_id.as_deref())?;
+                self.backend
+                    .delete_revision(&id, revision, owner.as_ref())
+                    .await?;
+                Ok(pb::OnDeleteRevisionResponse {})
+            },
+        )
         .await
     }
 
@@ -363,11 +437,17 @@ impl<B: ContextBackend> ContextStorageBackend for Adapter<B> {
         Adapter::get_locked_by(self, req).await
     }
 
-    async fn on_lock(&self, req: Request<pb::OnLockRequest>) -> Result<Response<pb::OnLockResponse>, Status> {
+    async fn on_lock(
+        &self,
+        req: Request<pb::OnLockRequest>,
+    ) -> Result<Response<pb::OnLockResponse>, Status> {
         Adapter::lock(self, req).await
     }
 
-    async fn on_unlock(&self, req: Request<pb::OnUnlockRequest>) -> Result<Response<pb::OnUnlockResponse>, Status> {
+    async fn on_unlock(
+        &self,
+        req: Request<pb::OnUnlockRequest>,
+    ) -> Result<Response<pb::OnUnlockResponse>, Status> {
         Adapter::unlock(self, req).await
     }
 }
@@ -398,7 +478,10 @@ impl Info {
 
 #[tonic::async_trait]
 impl BackendInfo for Info {
-    async fn describe(&self, _req: Request<DescribeRequest>) -> Result<Response<DescribeResponse>, Status> {
+    async fn describe(
+        &self,
+        _req: Request<DescribeRequest>,
+    ) -> Result<Response<DescribeResponse>, Status> {
         Ok(Response::new(self.response.clone()))
     }
 }

@@ -8,7 +8,9 @@ use std::{future::Future, net::SocketAddr, sync::LazyLock, time::Duration};
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
 
 use crate::Result;
 
@@ -27,25 +29,33 @@ struct Metrics {
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let registry = Registry::new_custom(Some("storage_backend".into()), None)
         .unwrap_or_else(|_| Registry::new());
-    // Metric definitions are static and valid; a failure here is a bug that
-    // tests catch, so fall back to unregistered collectors rather than panic.
+    // The definitions below are constants: `expect` can only fire on a
+    // programming error, which the metrics test catches.
     let requests = IntCounterVec::new(
-        Opts::new("grpc_requests_total", "gRPC requests by method and status code"),
+        Opts::new(
+            "grpc_requests_total",
+            "gRPC requests by method and status code",
+        ),
         &["method", "code"],
     )
     .expect("static metric definition");
     let request_seconds = HistogramVec::new(
-        HistogramOpts::new("grpc_request_duration_seconds", "gRPC request latency").buckets(BUCKETS.to_vec()),
+        HistogramOpts::new("grpc_request_duration_seconds", "gRPC request latency")
+            .buckets(BUCKETS.to_vec()),
         &["method"],
     )
     .expect("static metric definition");
     let store_calls = IntCounterVec::new(
-        Opts::new("store_calls_total", "Calls to the backing store by operation and outcome"),
+        Opts::new(
+            "store_calls_total",
+            "Calls to the backing store by operation and outcome",
+        ),
         &["operation", "outcome"],
     )
     .expect("static metric definition");
     let store_seconds = HistogramVec::new(
-        HistogramOpts::new("store_call_duration_seconds", "Backing store call latency").buckets(BUCKETS.to_vec()),
+        HistogramOpts::new("store_call_duration_seconds", "Backing store call latency")
+            .buckets(BUCKETS.to_vec()),
         &["operation"],
     )
     .expect("static metric definition");
@@ -69,7 +79,9 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 /// Records one finished gRPC request.
 pub fn observe_request(method: &'static str, code: tonic::Code, elapsed: Duration) {
     let m = &*METRICS;
-    m.requests.with_label_values(&[method, code_name(code)]).inc();
+    m.requests
+        .with_label_values(&[method, code_name(code)])
+        .inc();
     m.request_seconds
         .with_label_values(&[method])
         .observe(elapsed.as_secs_f64());
@@ -77,7 +89,10 @@ pub fn observe_request(method: &'static str, code: tonic::Code, elapsed: Duratio
 
 /// Runs one call to the backing store and records its outcome and latency.
 /// Every backend wraps its store calls in this.
-pub async fn store_call<T>(operation: &'static str, fut: impl Future<Output = Result<T>>) -> Result<T> {
+pub async fn store_call<T>(
+    operation: &'static str,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
     let start = std::time::Instant::now();
     let result = fut.await;
     let m = &*METRICS;
@@ -139,7 +154,7 @@ pub async fn serve(listener: tokio::net::TcpListener, shutdown: impl Future<Outp
         };
         tokio::spawn(async move {
             let svc = service_fn(|req: Request<Incoming>| async move {
-                let resp = if req.uri().path() == "/metrics" {
+                if req.uri().path() == "/metrics" {
                     Response::builder()
                         .header("content-type", "text/plain; version=0.0.4")
                         .body(Full::new(bytes::Bytes::from(render())))
@@ -147,8 +162,7 @@ pub async fn serve(listener: tokio::net::TcpListener, shutdown: impl Future<Outp
                     Response::builder()
                         .status(StatusCode::NOT_FOUND)
                         .body(Full::new(bytes::Bytes::from_static(b"not found\n")))
-                };
-                resp
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)

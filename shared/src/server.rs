@@ -13,7 +13,8 @@ use crate::{
     config::ServerConfig,
     grpc::{Adapter, AdapterOptions, Info},
     proto::{
-        self, info::backend_info_server::BackendInfoServer,
+        self,
+        info::backend_info_server::BackendInfoServer,
         storage_backend::{
             context_storage_backend_server::ContextStorageBackendServer,
             value_and_context_storage_backend_server::ValueAndContextStorageBackendServer,
@@ -35,7 +36,9 @@ where
     F: FnOnce(C) -> Fut,
     Fut: Future<Output = Result<B>>,
 {
-    main_with(build, |backend, server| Box::pin(serve_value(backend, server)))
+    main_with(build, |backend, server| {
+        Box::pin(serve_value(backend, server))
+    })
 }
 
 /// `main` of a context backend; see [`main_value`].
@@ -46,12 +49,17 @@ where
     F: FnOnce(C) -> Fut,
     Fut: Future<Output = Result<B>>,
 {
-    main_with(build, |backend, server| Box::pin(serve_context(backend, server)))
+    main_with(build, |backend, server| {
+        Box::pin(serve_context(backend, server))
+    })
 }
 
 type ServeFuture = std::pin::Pin<Box<dyn Future<Output = Result<(), String>>>>;
 
-fn main_with<C, B, F, Fut>(build: F, serve: impl FnOnce(Arc<B>, ServerConfig) -> ServeFuture) -> ExitCode
+fn main_with<C, B, F, Fut>(
+    build: F,
+    serve: impl FnOnce(Arc<B>, ServerConfig) -> ServeFuture,
+) -> ExitCode
 where
     C: BackendConfig,
     B: Backend,
@@ -68,7 +76,10 @@ where
         eprintln!("configuration error: {e}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
@@ -94,13 +105,19 @@ where
 }
 
 /// Serves a value backend on `config.grpc_addr` until SIGTERM/SIGINT.
-pub async fn serve_value<B: ValueBackend>(backend: Arc<B>, config: ServerConfig) -> Result<(), String> {
+pub async fn serve_value<B: ValueBackend>(
+    backend: Arc<B>,
+    config: ServerConfig,
+) -> Result<(), String> {
     let listener = bind(config.grpc_addr.0).await?;
     run_value(backend, &config, listener, shutdown_signal()).await
 }
 
 /// Serves a context backend on `config.grpc_addr` until SIGTERM/SIGINT.
-pub async fn serve_context<B: ContextBackend>(backend: Arc<B>, config: ServerConfig) -> Result<(), String> {
+pub async fn serve_context<B: ContextBackend>(
+    backend: Arc<B>,
+    config: ServerConfig,
+) -> Result<(), String> {
     let listener = bind(config.grpc_addr.0).await?;
     run_context(backend, &config, listener, shutdown_signal()).await
 }
@@ -118,7 +135,16 @@ pub async fn run_value<B: ValueBackend>(
     let svc = ValueAndContextStorageBackendServer::new(adapter)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
-    run(backend, config, listener, shutdown, proto::VALUE_SERVICE, info, |r| r.add_service(svc)).await
+    run(
+        backend,
+        config,
+        listener,
+        shutdown,
+        proto::VALUE_SERVICE,
+        info,
+        |r| r.add_service(svc),
+    )
+    .await
 }
 
 /// Serves a context backend on `listener` until `shutdown` resolves.
@@ -133,7 +159,16 @@ pub async fn run_context<B: ContextBackend>(
     let svc = ContextStorageBackendServer::new(adapter)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
-    run(backend, config, listener, shutdown, proto::CONTEXT_SERVICE, info, |r| r.add_service(svc)).await
+    run(
+        backend,
+        config,
+        listener,
+        shutdown,
+        proto::CONTEXT_SERVICE,
+        info,
+        |r| r.add_service(svc),
+    )
+    .await
 }
 
 fn adapter<B: Backend>(backend: &Arc<B>, config: &ServerConfig) -> Result<Adapter<B>, String> {
@@ -179,7 +214,9 @@ async fn run<B: Backend>(
 
     let mut builder = Server::builder();
     if let Some(tls) = tls_config(config)? {
-        builder = builder.tls_config(tls).map_err(|e| format!("TLS setup failed: {e}"))?;
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| format!("TLS setup failed: {e}"))?;
     }
     let router = builder
         .add_service(health)
@@ -288,7 +325,9 @@ async fn probe_loop<B: Backend>(
     let mut failures = 0u32;
     let mut serving = false;
     loop {
-        let ok = match tokio::time::timeout(interval.max(Duration::from_secs(1)), backend.probe()).await {
+        let ok = match tokio::time::timeout(interval.max(Duration::from_secs(1)), backend.probe())
+            .await
+        {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e.detail(), "health probe failed");

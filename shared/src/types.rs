@@ -196,8 +196,9 @@ impl Context {
     pub fn parse<T: serde::de::DeserializeOwned + Default>(&self) -> Result<T, Error> {
         match &self.0 {
             None => Ok(T::default()),
-            Some(obj) => serde_json::from_value(Json::Object(obj.clone()))
-                .map_err(|_| Error::invalid_argument("context does not match the backend's schema")),
+            Some(obj) => serde_json::from_value(Json::Object(obj.clone())).map_err(|_| {
+                Error::invalid_argument("context does not match the backend's schema")
+            }),
         }
     }
 }
@@ -265,7 +266,18 @@ mod tests {
 
     #[test]
     fn id_rejects_traversal_separators_and_length() {
-        for bad in ["", ".", "..", "../x", "a/b", "a\\b", "a\0b", "a b", "é", &"x".repeat(129)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "a\\b",
+            "a\0b",
+            "a b",
+            "é",
+            &"x".repeat(129),
+        ] {
             let err = TypeInstanceId::parse(bad).expect_err(bad);
             assert_eq!(err.code(), tonic::Code::InvalidArgument);
         }

@@ -22,7 +22,12 @@ impl Rules {
             .as_ref()
             .map(jsonschema::validator_for)
             .transpose()
-            .map_err(|e| Error::internal(format!("context schema of the {} backend does not compile: {e}", describe.name)))?;
+            .map_err(|e| {
+                Error::internal(format!(
+                    "context schema of the {} backend does not compile: {e}",
+                    describe.name
+                ))
+            })?;
         Ok(Self {
             backend: describe.name,
             schema,
@@ -153,7 +158,11 @@ mod tests {
     #[test]
     fn empty_and_null_mean_no_context() {
         assert!(rules(false).context(Some(b"")).is_ok_and(|c| c.is_none()));
-        assert!(rules(false).context(Some(b"null")).is_ok_and(|c| c.is_none()));
+        assert!(
+            rules(false)
+                .context(Some(b"null"))
+                .is_ok_and(|c| c.is_none())
+        );
         assert!(rules(false).context(None).is_ok_and(|c| c.is_none()));
     }
 
@@ -177,7 +186,9 @@ mod tests {
             .expect_err("pattern");
         assert!(err.message().contains("/prefix"), "{}", err.message());
         assert!(!err.message().contains("SECRETVALUE"));
-        let err = rules(false).context(Some(br#"{"other":1}"#)).expect_err("extra");
+        let err = rules(false)
+            .context(Some(br#"{"other":1}"#))
+            .expect_err("extra");
         assert!(err.message().contains("/other") || err.message().contains("/prefix"));
     }
 
@@ -186,7 +197,9 @@ mod tests {
         let r = rules(false);
         assert_eq!(r.max_value_bytes(), 10);
         assert!(r.value(bytes::Bytes::from_static(b"0123456789")).is_ok());
-        let err = r.value(bytes::Bytes::from_static(b"0123456789a")).expect_err("over");
+        let err = r
+            .value(bytes::Bytes::from_static(b"0123456789a"))
+            .expect_err("over");
         assert!(err.message().contains("10 bytes"));
     }
 }

@@ -120,14 +120,25 @@ cases! {
 // ---- assertion helpers ----
 
 fn ok<T>(r: Result<T, Status>, what: &str) -> Result<T, Stop> {
-    r.map_err(|s| Stop::from(format!("{what}: expected OK, got {:?}: {}", s.code(), s.message())))
+    r.map_err(|s| {
+        Stop::from(format!(
+            "{what}: expected OK, got {:?}: {}",
+            s.code(),
+            s.message()
+        ))
+    })
 }
 
 fn expect<T>(r: Result<T, Status>, code: Code, what: &str) -> Result<Status, Stop> {
     match r {
         Ok(_) => Err(format!("{what}: expected {code:?}, got OK").into()),
         Err(s) if s.code() == code => Ok(s),
-        Err(s) => Err(format!("{what}: expected {code:?}, got {:?}: {}", s.code(), s.message()).into()),
+        Err(s) => Err(format!(
+            "{what}: expected {code:?}, got {:?}: {}",
+            s.code(),
+            s.message()
+        )
+        .into()),
     }
 }
 
@@ -173,14 +184,25 @@ async fn lifecycle_create_update_read_each_revision_delete(t: Arc<Target>, id: S
     ok(t.create(&id, br#"{"v":1}"#).await, "create")?;
     let v1 = ok(t.get(&id, 1).await, "get revision 1")?;
     same(&t, &v1, br#"{"v":1}"#, "revision 1")?;
-    ok(t.update(&id, 2, br#"{"v":2}"#, None).await, "update to revision 2")?;
+    ok(
+        t.update(&id, 2, br#"{"v":2}"#, None).await,
+        "update to revision 2",
+    )?;
     let again = ok(t.get(&id, 1).await, "get revision 1 after update")?;
     same(&t, &again, br#"{"v":1}"#, "revision 1 after update")?;
     let v2 = ok(t.get(&id, 2).await, "get revision 2")?;
     same(&t, &v2, br#"{"v":2}"#, "revision 2")?;
     ok(t.delete(&id, None).await, "delete")?;
-    expect(t.get(&id, 1).await, Code::NotFound, "get revision 1 after delete")?;
-    expect(t.get(&id, 2).await, Code::NotFound, "get revision 2 after delete")?;
+    expect(
+        t.get(&id, 1).await,
+        Code::NotFound,
+        "get revision 1 after delete",
+    )?;
+    expect(
+        t.get(&id, 2).await,
+        Code::NotFound,
+        "get revision 2 after delete",
+    )?;
     Ok(())
 }
 
@@ -221,20 +243,42 @@ async fn value_at_size_limit_round_trips(t: Arc<Target>, id: String) -> Check {
     same(&t, &got, &v, "revision 1")
 }
 
-async fn value_over_size_limit_is_rejected_and_nothing_is_stored(t: Arc<Target>, id: String) -> Check {
+async fn value_over_size_limit_is_rejected_and_nothing_is_stored(
+    t: Arc<Target>,
+    id: String,
+) -> Check {
     let limit = size_limit(&t);
     if limit >= 16 << 20 {
         return skip("the backend's value limit is above 16 MiB");
     }
     let v = noise(limit + 1, 8);
-    let s = expect(t.create(&id, &v).await, Code::InvalidArgument, "create over the limit")?;
+    let s = expect(
+        t.create(&id, &v).await,
+        Code::InvalidArgument,
+        "create over the limit",
+    )?;
     check(s.message().contains(&limit.to_string()), || {
-        format!("the error should state the limit of {limit} bytes: {}", s.message())
+        format!(
+            "the error should state the limit of {limit} bytes: {}",
+            s.message()
+        )
     })?;
-    expect(t.get(&id, 1).await, Code::NotFound, "get after rejected create")?;
+    expect(
+        t.get(&id, 1).await,
+        Code::NotFound,
+        "get after rejected create",
+    )?;
     ok(t.create(&id, b"small").await, "create within the limit")?;
-    expect(t.update(&id, 2, &v, None).await, Code::InvalidArgument, "update over the limit")?;
-    expect(t.get(&id, 2).await, Code::NotFound, "get after rejected update")?;
+    expect(
+        t.update(&id, 2, &v, None).await,
+        Code::InvalidArgument,
+        "update over the limit",
+    )?;
+    expect(
+        t.get(&id, 2).await,
+        Code::NotFound,
+        "get after rejected update",
+    )?;
     Ok(())
 }
 
@@ -243,11 +287,20 @@ async fn ids_with_every_allowed_character_work(t: Arc<Target>, id: String) -> Ch
     let mixed = format!("{}A.b_C-9", &short[..short.len().min(100)]);
     let long = format!("{short}{}", "x".repeat(128 - short.len().min(128)));
     for (name, candidate) in [("mixed", &mixed), ("128 characters", &long)] {
-        ok(t.create(candidate, b"\"v\"").await, &format!("create with {name} id"))?;
+        ok(
+            t.create(candidate, b"\"v\"").await,
+            &format!("create with {name} id"),
+        )?;
         let got = ok(t.get(candidate, 1).await, &format!("get with {name} id"))?;
         same(&t, &got, b"\"v\"", name)?;
-        ok(t.lock(candidate, "owner").await, &format!("lock with {name} id"))?;
-        ok(t.delete(candidate, Some("owner")).await, &format!("delete with {name} id"))?;
+        ok(
+            t.lock(candidate, "owner").await,
+            &format!("lock with {name} id"),
+        )?;
+        ok(
+            t.delete(candidate, Some("owner")).await,
+            &format!("delete with {name} id"),
+        )?;
     }
     Ok(())
 }
@@ -266,7 +319,12 @@ async fn get_missing_revision_is_not_found(t: Arc<Target>, id: String) -> Check 
 
 async fn update_missing_type_instance_is_not_found(t: Arc<Target>, id: String) -> Check {
     expect(t.update(&id, 2, b"2", None).await, Code::NotFound, "update")?;
-    expect(t.get(&id, 2).await, Code::NotFound, "get after failed update").map(drop)
+    expect(
+        t.get(&id, 2).await,
+        Code::NotFound,
+        "get after failed update",
+    )
+    .map(drop)
 }
 
 async fn delete_missing_type_instance_is_not_found(t: Arc<Target>, id: String) -> Check {
@@ -274,9 +332,17 @@ async fn delete_missing_type_instance_is_not_found(t: Arc<Target>, id: String) -
 }
 
 async fn delete_revision_of_missing_revision_is_not_found(t: Arc<Target>, id: String) -> Check {
-    expect(t.delete_revision(&id, 1, None).await, Code::NotFound, "delete revision of missing type instance")?;
+    expect(
+        t.delete_revision(&id, 1, None).await,
+        Code::NotFound,
+        "delete revision of missing type instance",
+    )?;
     ok(t.create(&id, b"1").await, "create")?;
-    expect(t.delete_revision(&id, 2, None).await, Code::NotFound, "delete missing revision")?;
+    expect(
+        t.delete_revision(&id, 2, None).await,
+        Code::NotFound,
+        "delete missing revision",
+    )?;
     ok(t.get(&id, 1).await, "revision 1 is still there").map(drop)
 }
 
@@ -295,9 +361,16 @@ async fn retried_create_with_same_bytes_succeeds(t: Arc<Target>, id: String) -> 
     same(&t, &got, b"same", "revision 1")
 }
 
-async fn create_of_existing_type_instance_with_other_bytes_already_exists(t: Arc<Target>, id: String) -> Check {
+async fn create_of_existing_type_instance_with_other_bytes_already_exists(
+    t: Arc<Target>,
+    id: String,
+) -> Check {
     ok(t.create(&id, b"first").await, "create")?;
-    expect(t.create(&id, b"second").await, Code::AlreadyExists, "second create")?;
+    expect(
+        t.create(&id, b"second").await,
+        Code::AlreadyExists,
+        "second create",
+    )?;
     let got = ok(t.get(&id, 1).await, "get")?;
     same(&t, &got, b"first", "revision 1 keeps the first bytes")
 }
@@ -310,28 +383,60 @@ async fn retried_update_with_same_bytes_succeeds(t: Arc<Target>, id: String) -> 
     same(&t, &got, b"2", "revision 2")
 }
 
-async fn update_to_existing_revision_with_other_bytes_already_exists(t: Arc<Target>, id: String) -> Check {
+async fn update_to_existing_revision_with_other_bytes_already_exists(
+    t: Arc<Target>,
+    id: String,
+) -> Check {
     ok(t.create(&id, b"1").await, "create")?;
     ok(t.update(&id, 2, b"2", None).await, "update")?;
-    expect(t.update(&id, 2, b"other", None).await, Code::AlreadyExists, "update of revision 2 again")?;
-    expect(t.update(&id, 1, b"other", None).await, Code::AlreadyExists, "update of revision 1")?;
+    expect(
+        t.update(&id, 2, b"other", None).await,
+        Code::AlreadyExists,
+        "update of revision 2 again",
+    )?;
+    expect(
+        t.update(&id, 1, b"other", None).await,
+        Code::AlreadyExists,
+        "update of revision 1",
+    )?;
     let got = ok(t.get(&id, 2).await, "get")?;
     same(&t, &got, b"2", "revision 2 keeps the first bytes")
 }
 
-async fn update_to_revision_not_above_latest_fails_precondition(t: Arc<Target>, id: String) -> Check {
+async fn update_to_revision_not_above_latest_fails_precondition(
+    t: Arc<Target>,
+    id: String,
+) -> Check {
     ok(t.create(&id, b"1").await, "create")?;
     ok(t.update(&id, 3, b"3", None).await, "update to revision 3")?;
-    expect(t.update(&id, 2, b"2", None).await, Code::FailedPrecondition, "update to revision 2 below 3")?;
-    expect(t.get(&id, 2).await, Code::NotFound, "revision 2 was not stored").map(drop)
+    expect(
+        t.update(&id, 2, b"2", None).await,
+        Code::FailedPrecondition,
+        "update to revision 2 below 3",
+    )?;
+    expect(
+        t.get(&id, 2).await,
+        Code::NotFound,
+        "revision 2 was not stored",
+    )
+    .map(drop)
 }
 
-async fn update_succeeds_again_after_its_revision_was_rolled_back(t: Arc<Target>, id: String) -> Check {
+async fn update_succeeds_again_after_its_revision_was_rolled_back(
+    t: Arc<Target>,
+    id: String,
+) -> Check {
     // The Hub deletes a revision when its own step fails, then may retry.
     ok(t.create(&id, b"1").await, "create")?;
     ok(t.update(&id, 2, b"first try", None).await, "update")?;
-    ok(t.delete_revision(&id, 2, None).await, "rollback of revision 2")?;
-    ok(t.update(&id, 2, b"second try", None).await, "update to revision 2 again")?;
+    ok(
+        t.delete_revision(&id, 2, None).await,
+        "rollback of revision 2",
+    )?;
+    ok(
+        t.update(&id, 2, b"second try", None).await,
+        "update to revision 2 again",
+    )?;
     let got = ok(t.get(&id, 2).await, "get")?;
     same(&t, &got, b"second try", "revision 2")
 }
@@ -350,12 +455,21 @@ async fn delete_revision_keeps_other_revisions(t: Arc<Target>, id: String) -> Ch
 async fn deleting_last_revision_removes_type_instance(t: Arc<Target>, id: String) -> Check {
     ok(t.create(&id, b"1").await, "create")?;
     ok(t.lock(&id, "owner").await, "lock")?;
-    ok(t.delete_revision(&id, 1, Some("owner")).await, "delete the only revision")?;
+    ok(
+        t.delete_revision(&id, 1, Some("owner")).await,
+        "delete the only revision",
+    )?;
     expect(t.get(&id, 1).await, Code::NotFound, "get")?;
-    expect(t.locked_by(&id).await, Code::NotFound, "locked-by (the lock went with it)")?;
+    expect(
+        t.locked_by(&id).await,
+        Code::NotFound,
+        "locked-by (the lock went with it)",
+    )?;
     ok(t.create(&id, b"again").await, "create again")?;
     let owner = ok(t.locked_by(&id).await, "locked-by after re-create")?;
-    check(owner.is_none(), || "re-created type instance is still locked".into())?;
+    check(owner.is_none(), || {
+        "re-created type instance is still locked".into()
+    })?;
     let got = ok(t.get(&id, 1).await, "get after re-create")?;
     same(&t, &got, b"again", "re-created revision 1")
 }
@@ -366,13 +480,24 @@ async fn delete_removes_every_revision_and_the_lock(t: Arc<Target>, id: String) 
     ok(t.lock(&id, "owner").await, "lock")?;
     ok(t.delete(&id, Some("owner")).await, "delete")?;
     for rev in [1, 2] {
-        expect(t.get(&id, rev).await, Code::NotFound, &format!("get revision {rev}"))?;
+        expect(
+            t.get(&id, rev).await,
+            Code::NotFound,
+            &format!("get revision {rev}"),
+        )?;
     }
     expect(t.locked_by(&id).await, Code::NotFound, "locked-by")?;
     ok(t.create(&id, b"new").await, "create again")?;
     let owner = ok(t.locked_by(&id).await, "locked-by after re-create")?;
-    check(owner.is_none(), || "re-created type instance is still locked".into())?;
-    expect(t.get(&id, 2).await, Code::NotFound, "old revision 2 after re-create").map(drop)
+    check(owner.is_none(), || {
+        "re-created type instance is still locked".into()
+    })?;
+    expect(
+        t.get(&id, 2).await,
+        Code::NotFound,
+        "old revision 2 after re-create",
+    )
+    .map(drop)
 }
 
 // ---- locks ----
@@ -380,13 +505,19 @@ async fn delete_removes_every_revision_and_the_lock(t: Arc<Target>, id: String) 
 async fn lock_is_reported_by_locked_by_until_unlock(t: Arc<Target>, id: String) -> Check {
     ok(t.create(&id, b"1").await, "create")?;
     let before = ok(t.locked_by(&id).await, "locked-by before lock")?;
-    check(before.is_none(), || "locked_by is set before any lock".into())?;
+    check(before.is_none(), || {
+        "locked_by is set before any lock".into()
+    })?;
     ok(t.lock(&id, "owner-a").await, "lock")?;
     let during = ok(t.locked_by(&id).await, "locked-by while locked")?;
-    check(during.as_deref() == Some("owner-a"), || format!("locked_by is {during:?}, want owner-a"))?;
+    check(during.as_deref() == Some("owner-a"), || {
+        format!("locked_by is {during:?}, want owner-a")
+    })?;
     ok(t.unlock(&id).await, "unlock")?;
     let after = ok(t.locked_by(&id).await, "locked-by after unlock")?;
-    check(after.is_none(), || format!("locked_by is {after:?} after unlock"))
+    check(after.is_none(), || {
+        format!("locked_by is {after:?} after unlock")
+    })
 }
 
 async fn relock_by_same_owner_succeeds(t: Arc<Target>, id: String) -> Check {
@@ -398,15 +529,27 @@ async fn relock_by_same_owner_succeeds(t: Arc<Target>, id: String) -> Check {
 async fn lock_by_other_owner_fails_naming_the_holder(t: Arc<Target>, id: String) -> Check {
     ok(t.create(&id, b"1").await, "create")?;
     ok(t.lock(&id, "owner-a").await, "lock")?;
-    let s = expect(t.lock(&id, "owner-b").await, Code::FailedPrecondition, "lock by another owner")?;
-    check(s.message().contains("owner-a"), || format!("message should name the holder: {}", s.message()))?;
+    let s = expect(
+        t.lock(&id, "owner-b").await,
+        Code::FailedPrecondition,
+        "lock by another owner",
+    )?;
+    check(s.message().contains("owner-a"), || {
+        format!("message should name the holder: {}", s.message())
+    })?;
     let holder = ok(t.locked_by(&id).await, "locked-by")?;
-    check(holder.as_deref() == Some("owner-a"), || format!("holder changed to {holder:?}"))
+    check(holder.as_deref() == Some("owner-a"), || {
+        format!("holder changed to {holder:?}")
+    })
 }
 
 async fn lock_with_empty_owner_is_invalid(t: Arc<Target>, id: String) -> Check {
     ok(t.create(&id, b"1").await, "create")?;
-    expect(t.lock(&id, "").await, Code::InvalidArgument, "lock with empty owner")?;
+    expect(
+        t.lock(&id, "").await,
+        Code::InvalidArgument,
+        "lock with empty owner",
+    )?;
     let holder = ok(t.locked_by(&id).await, "locked-by")?;
     check(holder.is_none(), || "an empty owner took the lock".into())
 }
@@ -426,39 +569,75 @@ async fn locked_by_a(t: &Target, id: &str) -> Check {
 
 async fn update_while_locked_by_other_owner_fails(t: Arc<Target>, id: String) -> Check {
     locked_by_a(&t, &id).await?;
-    expect(t.update(&id, 2, b"2", Some("owner-b")).await, Code::FailedPrecondition, "update by another owner")?;
-    expect(t.update(&id, 2, b"2", None).await, Code::FailedPrecondition, "update without owner")?;
-    expect(t.get(&id, 2).await, Code::NotFound, "revision 2 was not stored").map(drop)
+    expect(
+        t.update(&id, 2, b"2", Some("owner-b")).await,
+        Code::FailedPrecondition,
+        "update by another owner",
+    )?;
+    expect(
+        t.update(&id, 2, b"2", None).await,
+        Code::FailedPrecondition,
+        "update without owner",
+    )?;
+    expect(
+        t.get(&id, 2).await,
+        Code::NotFound,
+        "revision 2 was not stored",
+    )
+    .map(drop)
 }
 
 async fn update_while_locked_by_holder_succeeds(t: Arc<Target>, id: String) -> Check {
     locked_by_a(&t, &id).await?;
-    ok(t.update(&id, 2, b"2", Some("owner-a")).await, "update by the holder")?;
+    ok(
+        t.update(&id, 2, b"2", Some("owner-a")).await,
+        "update by the holder",
+    )?;
     let got = ok(t.get(&id, 2).await, "get")?;
     same(&t, &got, b"2", "revision 2")?;
     let holder = ok(t.locked_by(&id).await, "locked-by")?;
-    check(holder.as_deref() == Some("owner-a"), || format!("update changed the lock to {holder:?}"))
+    check(holder.as_deref() == Some("owner-a"), || {
+        format!("update changed the lock to {holder:?}")
+    })
 }
 
 async fn delete_while_locked_by_other_owner_fails(t: Arc<Target>, id: String) -> Check {
     locked_by_a(&t, &id).await?;
-    expect(t.delete(&id, Some("owner-b")).await, Code::FailedPrecondition, "delete by another owner")?;
-    expect(t.delete(&id, None).await, Code::FailedPrecondition, "delete without owner")?;
+    expect(
+        t.delete(&id, Some("owner-b")).await,
+        Code::FailedPrecondition,
+        "delete by another owner",
+    )?;
+    expect(
+        t.delete(&id, None).await,
+        Code::FailedPrecondition,
+        "delete without owner",
+    )?;
     ok(t.get(&id, 1).await, "revision 1 is still there")?;
     ok(t.delete(&id, Some("owner-a")).await, "delete by the holder")
 }
 
 async fn delete_revision_while_locked_by_other_owner_fails(t: Arc<Target>, id: String) -> Check {
     locked_by_a(&t, &id).await?;
-    ok(t.update(&id, 2, b"2", Some("owner-a")).await, "update by the holder")?;
+    ok(
+        t.update(&id, 2, b"2", Some("owner-a")).await,
+        "update by the holder",
+    )?;
     expect(
         t.delete_revision(&id, 1, Some("owner-b")).await,
         Code::FailedPrecondition,
         "delete revision by another owner",
     )?;
-    expect(t.delete_revision(&id, 1, None).await, Code::FailedPrecondition, "delete revision without owner")?;
+    expect(
+        t.delete_revision(&id, 1, None).await,
+        Code::FailedPrecondition,
+        "delete revision without owner",
+    )?;
     ok(t.get(&id, 1).await, "revision 1 is still there")?;
-    ok(t.delete_revision(&id, 1, Some("owner-a")).await, "delete revision by the holder")
+    ok(
+        t.delete_revision(&id, 1, Some("owner-a")).await,
+        "delete revision by the holder",
+    )
 }
 
 async fn reads_are_not_blocked_by_a_lock(t: Arc<Target>, id: String) -> Check {
@@ -484,11 +663,31 @@ fn invalid_ids() -> Vec<(&'static str, String)> {
 
 async fn invalid_ids_are_rejected(t: Arc<Target>, _id: String) -> Check {
     for (name, bad) in invalid_ids() {
-        expect(t.create(&bad, b"1").await, Code::InvalidArgument, &format!("create with id {name}"))?;
-        expect(t.get(&bad, 1).await, Code::InvalidArgument, &format!("get with id {name}"))?;
-        expect(t.update(&bad, 2, b"2", None).await, Code::InvalidArgument, &format!("update with id {name}"))?;
-        expect(t.lock(&bad, "o").await, Code::InvalidArgument, &format!("lock with id {name}"))?;
-        expect(t.delete(&bad, None).await, Code::InvalidArgument, &format!("delete with id {name}"))?;
+        expect(
+            t.create(&bad, b"1").await,
+            Code::InvalidArgument,
+            &format!("create with id {name}"),
+        )?;
+        expect(
+            t.get(&bad, 1).await,
+            Code::InvalidArgument,
+            &format!("get with id {name}"),
+        )?;
+        expect(
+            t.update(&bad, 2, b"2", None).await,
+            Code::InvalidArgument,
+            &format!("update with id {name}"),
+        )?;
+        expect(
+            t.lock(&bad, "o").await,
+            Code::InvalidArgument,
+            &format!("lock with id {name}"),
+        )?;
+        expect(
+            t.delete(&bad, None).await,
+            Code::InvalidArgument,
+            &format!("delete with id {name}"),
+        )?;
     }
     Ok(())
 }
@@ -496,20 +695,36 @@ async fn invalid_ids_are_rejected(t: Arc<Target>, _id: String) -> Check {
 async fn revision_zero_is_invalid(t: Arc<Target>, id: String) -> Check {
     ok(t.create(&id, b"1").await, "create")?;
     expect(t.get(&id, 0).await, Code::InvalidArgument, "get revision 0")?;
-    expect(t.update(&id, 0, b"0", None).await, Code::InvalidArgument, "update to revision 0")?;
-    expect(t.delete_revision(&id, 0, None).await, Code::InvalidArgument, "delete revision 0")?;
+    expect(
+        t.update(&id, 0, b"0", None).await,
+        Code::InvalidArgument,
+        "update to revision 0",
+    )?;
+    expect(
+        t.delete_revision(&id, 0, None).await,
+        Code::InvalidArgument,
+        "delete revision 0",
+    )?;
     ok(t.get(&id, 1).await, "revision 1 is still there").map(drop)
 }
 
-async fn context_that_is_not_an_object_is_invalid_and_nothing_is_stored(t: Arc<Target>, id: String) -> Check {
+async fn context_that_is_not_an_object_is_invalid_and_nothing_is_stored(
+    t: Arc<Target>,
+    id: String,
+) -> Check {
     for raw in [&b"[1]"[..], b"\"text\"", b"42", b"true", b"{not json"] {
         let what = format!("create with context {}", String::from_utf8_lossy(raw));
         expect(
-            t.create_with(&id, b"1", bytes::Bytes::copy_from_slice(raw)).await,
+            t.create_with(&id, b"1", bytes::Bytes::copy_from_slice(raw))
+                .await,
             Code::InvalidArgument,
             &what,
         )?;
-        expect(t.get(&id, 1).await, Code::NotFound, "get after rejected create")?;
+        expect(
+            t.get(&id, 1).await,
+            Code::NotFound,
+            "get after rejected create",
+        )?;
     }
     ok(t.create(&id, b"1").await, "create with a valid context")?;
     expect(
@@ -547,26 +762,47 @@ async fn context_against_the_schema_is_invalid(t: Arc<Target>, id: String) -> Ch
     let Some(schema) = t.schema() else {
         // No schema: the backend takes no context, so any field is wrong.
         let bad = bytes::Bytes::from_static(br#"{"conformance-unexpected-field":1}"#);
-        expect(t.create_with(&id, b"1", bad).await, Code::InvalidArgument, "create with a context")?;
-        return expect(t.get(&id, 1).await, Code::NotFound, "get after rejected create").map(drop);
+        expect(
+            t.create_with(&id, b"1", bad).await,
+            Code::InvalidArgument,
+            "create with a context",
+        )?;
+        return expect(
+            t.get(&id, 1).await,
+            Code::NotFound,
+            "get after rejected create",
+        )
+        .map(drop);
     };
     let Some(bad) = invalid_context(&schema, t.valid_context().as_ref()) else {
         return skip("no schema-violating context can be derived from the backend's schema");
     };
     let s = expect(
-        t.create_with(&id, b"1", bytes::Bytes::from(bad.to_string())).await,
+        t.create_with(&id, b"1", bytes::Bytes::from(bad.to_string()))
+            .await,
         Code::InvalidArgument,
         "create with a context against the schema",
     )?;
     check(s.message().contains("context"), || {
-        format!("the message should say the context is wrong: {}", s.message())
+        format!(
+            "the message should say the context is wrong: {}",
+            s.message()
+        )
     })?;
-    expect(t.get(&id, 1).await, Code::NotFound, "get after rejected create").map(drop)
+    expect(
+        t.get(&id, 1).await,
+        Code::NotFound,
+        "get after rejected create",
+    )
+    .map(drop)
 }
 
 async fn missing_required_context_is_invalid(t: Arc<Target>, id: String) -> Check {
     if !t.describe().context_required {
-        ok(t.create_with(&id, b"1", bytes::Bytes::new()).await, "create without context")?;
+        ok(
+            t.create_with(&id, b"1", bytes::Bytes::new()).await,
+            "create without context",
+        )?;
         ok(
             t.get_with(&id, 1, bytes::Bytes::from_static(b"null")).await,
             "get with the null context the Hub sends",
@@ -575,19 +811,30 @@ async fn missing_required_context_is_invalid(t: Arc<Target>, id: String) -> Chec
     }
     for raw in [&b""[..], b"null"] {
         expect(
-            t.create_with(&id, b"1", bytes::Bytes::copy_from_slice(raw)).await,
+            t.create_with(&id, b"1", bytes::Bytes::copy_from_slice(raw))
+                .await,
             Code::InvalidArgument,
             "create without context",
         )?;
     }
-    expect(t.get(&id, 1).await, Code::NotFound, "get after rejected create").map(drop)
+    expect(
+        t.get(&id, 1).await,
+        Code::NotFound,
+        "get after rejected create",
+    )
+    .map(drop)
 }
 
 // ---- concurrency ----
 
-async fn concurrent_updates_to_same_revision_have_exactly_one_winner(t: Arc<Target>, id: String) -> Check {
+async fn concurrent_updates_to_same_revision_have_exactly_one_winner(
+    t: Arc<Target>,
+    id: String,
+) -> Check {
     ok(t.create(&id, b"base").await, "create")?;
-    let values: Vec<Vec<u8>> = (0..16u8).map(|i| format!("writer-{i}").into_bytes()).collect();
+    let values: Vec<Vec<u8>> = (0..16u8)
+        .map(|i| format!("writer-{i}").into_bytes())
+        .collect();
     let results = join_all(values.iter().map(|v| t.update(&id, 2, v, None))).await;
     let winners: Vec<usize> = results
         .iter()
@@ -595,22 +842,32 @@ async fn concurrent_updates_to_same_revision_have_exactly_one_winner(t: Arc<Targ
         .filter(|(_, r)| r.is_ok())
         .map(|(i, _)| i)
         .collect();
-    check(winners.len() == 1, || format!("{} of 16 concurrent updates succeeded", winners.len()))?;
+    check(winners.len() == 1, || {
+        format!("{} of 16 concurrent updates succeeded", winners.len())
+    })?;
     for r in &results {
         if let Err(s) = r {
-            check(matches!(s.code(), Code::AlreadyExists | Code::Aborted), || {
-                format!("a losing update got {:?}: {}", s.code(), s.message())
-            })?;
+            check(
+                matches!(s.code(), Code::AlreadyExists | Code::Aborted),
+                || format!("a losing update got {:?}: {}", s.code(), s.message()),
+            )?;
         }
     }
     let got = ok(t.get(&id, 2).await, "get revision 2")?;
-    same(&t, &got, &values[winners[0]], "revision 2 holds the winner's bytes")?;
+    same(
+        &t,
+        &got,
+        &values[winners[0]],
+        "revision 2 holds the winner's bytes",
+    )?;
     let base = ok(t.get(&id, 1).await, "get revision 1")?;
     same(&t, &base, b"base", "revision 1 is intact")
 }
 
 async fn concurrent_creates_have_exactly_one_winner(t: Arc<Target>, id: String) -> Check {
-    let values: Vec<Vec<u8>> = (0..8u8).map(|i| format!("creator-{i}").into_bytes()).collect();
+    let values: Vec<Vec<u8>> = (0..8u8)
+        .map(|i| format!("creator-{i}").into_bytes())
+        .collect();
     let results = join_all(values.iter().map(|v| t.create(&id, v))).await;
     let winners: Vec<usize> = results
         .iter()
@@ -618,12 +875,22 @@ async fn concurrent_creates_have_exactly_one_winner(t: Arc<Target>, id: String) 
         .filter(|(_, r)| r.is_ok())
         .map(|(i, _)| i)
         .collect();
-    check(winners.len() == 1, || format!("{} of 8 concurrent creates succeeded", winners.len()))?;
+    check(winners.len() == 1, || {
+        format!("{} of 8 concurrent creates succeeded", winners.len())
+    })?;
     let got = ok(t.get(&id, 1).await, "get")?;
-    same(&t, &got, &values[winners[0]], "revision 1 holds the winner's bytes")
+    same(
+        &t,
+        &got,
+        &values[winners[0]],
+        "revision 1 holds the winner's bytes",
+    )
 }
 
-async fn concurrent_locks_by_different_owners_have_exactly_one_winner(t: Arc<Target>, id: String) -> Check {
+async fn concurrent_locks_by_different_owners_have_exactly_one_winner(
+    t: Arc<Target>,
+    id: String,
+) -> Check {
     ok(t.create(&id, b"1").await, "create")?;
     let owners: Vec<String> = (0..8).map(|i| format!("owner-{i}")).collect();
     let results = join_all(owners.iter().map(|o| t.lock(&id, o))).await;
@@ -633,7 +900,9 @@ async fn concurrent_locks_by_different_owners_have_exactly_one_winner(t: Arc<Tar
         .filter(|(_, r)| r.is_ok())
         .map(|(o, _)| o)
         .collect();
-    check(winners.len() == 1, || format!("{} of 8 concurrent lockers won", winners.len()))?;
+    check(winners.len() == 1, || {
+        format!("{} of 8 concurrent lockers won", winners.len())
+    })?;
     let holder = ok(t.locked_by(&id).await, "locked-by")?;
     check(holder.as_ref() == Some(winners[0]), || {
         format!("holder is {holder:?}, the winner was {}", winners[0])

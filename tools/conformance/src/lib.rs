@@ -67,7 +67,11 @@ impl Report {
 
 /// Runs every case that applies to the target (or those whose name contains
 /// `filter`), calling `on_result` as each finishes.
-pub async fn run(target: Arc<Target>, filter: Option<&str>, mut on_result: impl FnMut(&str, &Outcome)) -> Report {
+pub async fn run(
+    target: Arc<Target>,
+    filter: Option<&str>,
+    mut on_result: impl FnMut(&str, &Outcome),
+) -> Report {
     let mut report = Report::default();
     for case in all_cases() {
         if filter.is_some_and(|f| !case.name.contains(f)) {

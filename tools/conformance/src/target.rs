@@ -37,7 +37,8 @@ impl Connect {
     }
 
     pub async fn channel(&self) -> Result<Channel, String> {
-        let tls = self.url.starts_with("https://") || self.tls_ca.is_some() || self.tls_cert.is_some();
+        let tls =
+            self.url.starts_with("https://") || self.tls_ca.is_some() || self.tls_cert.is_some();
         let url = if self.url.contains("://") {
             self.url.clone()
         } else if tls {
@@ -50,7 +51,9 @@ impl Connect {
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60));
         if tls {
-            let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+            let read = |p: &PathBuf| {
+                std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+            };
             let mut cfg = ClientTlsConfig::new();
             if let Some(ca) = &self.tls_ca {
                 cfg = cfg.ca_certificate(Certificate::from_pem(read(ca)?));
@@ -61,7 +64,9 @@ impl Connect {
             if let Some(d) = &self.tls_domain {
                 cfg = cfg.domain_name(d.clone());
             }
-            endpoint = endpoint.tls_config(cfg).map_err(|e| format!("tls setup failed: {e}"))?;
+            endpoint = endpoint
+                .tls_config(cfg)
+                .map_err(|e| format!("tls setup failed: {e}"))?;
         }
         endpoint
             .connect()
@@ -146,7 +151,12 @@ impl Target {
     }
 
     /// Create with an explicit raw context (empty = none).
-    pub async fn create_with(&self, id: &str, value: &[u8], context: Bytes) -> Result<Option<Bytes>, Status> {
+    pub async fn create_with(
+        &self,
+        id: &str,
+        value: &[u8],
+        context: Bytes,
+    ) -> Result<Option<Bytes>, Status> {
         let resp = if self.accept_value() {
             self.value_client()
                 .on_create(pb::OnCreateValueAndContextRequest {
@@ -166,7 +176,13 @@ impl Target {
         Ok(resp.into_inner().context)
     }
 
-    pub async fn update(&self, id: &str, revision: u32, value: &[u8], owner: Option<&str>) -> Result<(), Status> {
+    pub async fn update(
+        &self,
+        id: &str,
+        revision: u32,
+        value: &[u8],
+        owner: Option<&str>,
+    ) -> Result<(), Status> {
         let owner_id = owner.map(str::to_owned);
         if self.accept_value() {
             self.value_client()
@@ -234,7 +250,12 @@ impl Target {
         Ok(())
     }
 
-    pub async fn delete_revision(&self, id: &str, revision: u32, owner: Option<&str>) -> Result<(), Status> {
+    pub async fn delete_revision(
+        &self,
+        id: &str,
+        revision: u32,
+        owner: Option<&str>,
+    ) -> Result<(), Status> {
         let owner_id = owner.map(str::to_owned);
         if self.accept_value() {
             self.value_client()

@@ -12,7 +12,9 @@ use shared::{Error, Value};
 use support::{Flaw, Memory, start};
 
 async fn run_suite(url: &str, context: Option<Json>) -> conformance::Report {
-    let target = Target::connect(&Connect::plain(url), context).await.expect("connect");
+    let target = Target::connect(&Connect::plain(url), context)
+        .await
+        .expect("connect");
     conformance::run(Arc::new(target), None, |name, outcome| {
         println!("{}", conformance::line(name, outcome));
     })
@@ -26,7 +28,10 @@ async fn failures_with(flaw: Flaw) -> Vec<&'static str> {
 
 fn assert_caught(failures: &[&str], expected: &[&str]) {
     for case in expected {
-        assert!(failures.contains(case), "case {case} did not fail; failures: {failures:?}");
+        assert!(
+            failures.contains(case),
+            "case {case} did not fail; failures: {failures:?}"
+        );
     }
 }
 
@@ -55,7 +60,10 @@ async fn context_backend_passes_the_context_subset() {
 async fn suite_catches_get_returning_latest_instead_of_the_revision() {
     assert_caught(
         &failures_with(Flaw::GetReturnsLatest).await,
-        &["lifecycle_create_update_read_each_revision_delete", "get_missing_revision_is_not_found"],
+        &[
+            "lifecycle_create_update_read_each_revision_delete",
+            "get_missing_revision_is_not_found",
+        ],
     );
 }
 
@@ -99,7 +107,10 @@ async fn suite_catches_two_lock_winners_under_concurrency() {
 async fn suite_catches_retries_that_are_not_idempotent() {
     assert_caught(
         &failures_with(Flaw::RetriesNotIdempotent).await,
-        &["retried_create_with_same_bytes_succeeds", "retried_update_with_same_bytes_succeeds"],
+        &[
+            "retried_create_with_same_bytes_succeeds",
+            "retried_update_with_same_bytes_succeeds",
+        ],
     );
 }
 
@@ -115,7 +126,10 @@ async fn suite_catches_a_lock_taken_over_by_another_owner() {
 async fn suite_catches_a_lock_that_outlives_its_type_instance() {
     assert_caught(
         &failures_with(Flaw::DeleteKeepsLock).await,
-        &["delete_removes_every_revision_and_the_lock", "deleting_last_revision_removes_type_instance"],
+        &[
+            "delete_removes_every_revision_and_the_lock",
+            "deleting_last_revision_removes_type_instance",
+        ],
     );
 }
 
@@ -131,7 +145,10 @@ async fn suite_catches_updates_below_the_latest_revision() {
 async fn suite_catches_values_that_do_not_round_trip_byte_exact() {
     assert_caught(
         &failures_with(Flaw::LossyValue).await,
-        &["non_utf8_value_round_trips_byte_exact", "value_at_size_limit_round_trips"],
+        &[
+            "non_utf8_value_round_trips_byte_exact",
+            "value_at_size_limit_round_trips",
+        ],
     );
 }
 
@@ -141,10 +158,15 @@ mod naive {
     use super::*;
     use bytes::Bytes;
     use shared::proto::{
-        info::{DescribeRequest, DescribeResponse, backend_info_server::{BackendInfo, BackendInfoServer}},
+        info::{
+            DescribeRequest, DescribeResponse,
+            backend_info_server::{BackendInfo, BackendInfoServer},
+        },
         storage_backend::{
             self as pb,
-            value_and_context_storage_backend_server::{ValueAndContextStorageBackend, ValueAndContextStorageBackendServer},
+            value_and_context_storage_backend_server::{
+                ValueAndContextStorageBackend, ValueAndContextStorageBackendServer,
+            },
         },
     };
     use tonic::{Request, Response, Status};
@@ -157,17 +179,29 @@ mod naive {
 
     #[tonic::async_trait]
     impl ValueAndContextStorageBackend for Naive {
-        async fn get_value(&self, r: Request<pb::GetValueRequest>) -> Result<Response<pb::GetValueResponse>, Status> {
+        async fn get_value(
+            &self,
+            r: Request<pb::GetValueRequest>,
+        ) -> Result<Response<pb::GetValueResponse>, Status> {
             let r = r.into_inner();
-            let v = self.0.get(&r.type_instance_id, r.resource_version).await.map_err(st)?;
-            Ok(Response::new(pb::GetValueResponse { value: Some(v.into_bytes()) }))
+            let v = self
+                .0
+                .get(&r.type_instance_id, r.resource_version)
+                .await
+                .map_err(st)?;
+            Ok(Response::new(pb::GetValueResponse {
+                value: Some(v.into_bytes()),
+            }))
         }
         async fn on_create(
             &self,
             r: Request<pb::OnCreateValueAndContextRequest>,
         ) -> Result<Response<pb::OnCreateResponse>, Status> {
             let r = r.into_inner();
-            self.0.create(&r.type_instance_id, Value::new(r.value)).await.map_err(st)?;
+            self.0
+                .create(&r.type_instance_id, Value::new(r.value))
+                .await
+                .map_err(st)?;
             Ok(Response::new(pb::OnCreateResponse { context: None }))
         }
         async fn on_update(
@@ -176,7 +210,12 @@ mod naive {
         ) -> Result<Response<pb::OnUpdateResponse>, Status> {
             let r = r.into_inner();
             self.0
-                .update(&r.type_instance_id, r.new_resource_version, Value::new(r.new_value), r.owner_id.as_deref())
+                .update(
+                    &r.type_instance_id,
+                    r.new_resource_version,
+                    Value::new(r.new_value),
+                    r.owner_id.as_deref(),
+                )
                 .await
                 .map_err(st)?;
             Ok(Response::new(pb::OnUpdateResponse { context: None }))
@@ -186,7 +225,10 @@ mod naive {
             r: Request<pb::OnDeleteValueAndContextRequest>,
         ) -> Result<Response<pb::OnDeleteResponse>, Status> {
             let r = r.into_inner();
-            self.0.delete(&r.type_instance_id, r.owner_id.as_deref()).await.map_err(st)?;
+            self.0
+                .delete(&r.type_instance_id, r.owner_id.as_deref())
+                .await
+                .map_err(st)?;
             Ok(Response::new(pb::OnDeleteResponse {}))
         }
         async fn on_delete_revision(
@@ -195,7 +237,11 @@ mod naive {
         ) -> Result<Response<pb::OnDeleteRevisionResponse>, Status> {
             let r = r.into_inner();
             self.0
-                .delete_revision(&r.type_instance_id, r.resource_version, r.owner_id.as_deref())
+                .delete_revision(
+                    &r.type_instance_id,
+                    r.resource_version,
+                    r.owner_id.as_deref(),
+                )
                 .await
                 .map_err(st)?;
             Ok(Response::new(pb::OnDeleteRevisionResponse {}))
@@ -208,12 +254,21 @@ mod naive {
             let o = self.0.locked_by(&r.type_instance_id).await.map_err(st)?;
             Ok(Response::new(pb::GetLockedByResponse { locked_by: o }))
         }
-        async fn on_lock(&self, r: Request<pb::OnLockRequest>) -> Result<Response<pb::OnLockResponse>, Status> {
+        async fn on_lock(
+            &self,
+            r: Request<pb::OnLockRequest>,
+        ) -> Result<Response<pb::OnLockResponse>, Status> {
             let r = r.into_inner();
-            self.0.lock(&r.type_instance_id, &r.locked_by).await.map_err(st)?;
+            self.0
+                .lock(&r.type_instance_id, &r.locked_by)
+                .await
+                .map_err(st)?;
             Ok(Response::new(pb::OnLockResponse {}))
         }
-        async fn on_unlock(&self, r: Request<pb::OnUnlockRequest>) -> Result<Response<pb::OnUnlockResponse>, Status> {
+        async fn on_unlock(
+            &self,
+            r: Request<pb::OnUnlockRequest>,
+        ) -> Result<Response<pb::OnUnlockResponse>, Status> {
             let r = r.into_inner();
             self.0.unlock(&r.type_instance_id).await.map_err(st)?;
             Ok(Response::new(pb::OnUnlockResponse {}))
@@ -224,12 +279,16 @@ mod naive {
 
     #[tonic::async_trait]
     impl BackendInfo for Info {
-        async fn describe(&self, _: Request<DescribeRequest>) -> Result<Response<DescribeResponse>, Status> {
+        async fn describe(
+            &self,
+            _: Request<DescribeRequest>,
+        ) -> Result<Response<DescribeResponse>, Status> {
             Ok(Response::new(DescribeResponse {
                 name: "naive".into(),
                 version: "test".into(),
                 accept_value: true,
-                context_schema: json!({"type": "object", "additionalProperties": false}).to_string(),
+                context_schema: json!({"type": "object", "additionalProperties": false})
+                    .to_string(),
                 max_value_bytes: 1024,
                 context_required: false,
             }))
@@ -237,7 +296,9 @@ mod naive {
     }
 
     pub async fn start() -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let svc = Naive(Arc::new(Memory::new(None)));
         tokio::spawn(async move {

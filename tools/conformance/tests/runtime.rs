@@ -13,12 +13,16 @@ use std::{
 
 use conformance::{Connect, Target};
 use support::{Memory, start, start_with};
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 async fn health(url: &str, service: &str) -> ServingStatus {
     let channel = Connect::plain(url).channel().await.expect("connect");
     let resp = HealthClient::new(channel)
-        .check(HealthCheckRequest { service: service.into() })
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
         .await
         .expect("health check");
     ServingStatus::try_from(resp.into_inner().status).unwrap_or(ServingStatus::Unknown)
@@ -41,7 +45,8 @@ async fn health_follows_the_backing_store() {
     let backend = Memory::new(None);
     backend.healthy.store(true, Ordering::SeqCst);
     let backend = Arc::new(backend);
-    let server = support::start_shared(Arc::clone(&backend), &["--health-failure-threshold", "1"]).await;
+    let server =
+        support::start_shared(Arc::clone(&backend), &["--health-failure-threshold", "1"]).await;
     wait_for_health(&server.url, ServingStatus::Serving).await;
     assert_eq!(health(&server.url, "").await, ServingStatus::Serving);
     backend.healthy.store(false, Ordering::SeqCst);
@@ -70,7 +75,10 @@ async fn reflection_lists_every_service() {
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
     let server = start(Memory::new(None)).await;
-    let channel = Connect::plain(server.url.clone()).channel().await.expect("connect");
+    let channel = Connect::plain(server.url.clone())
+        .channel()
+        .await
+        .expect("connect");
     let req = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -80,7 +88,11 @@ async fn reflection_lists_every_service() {
         .await
         .expect("reflection")
         .into_inner();
-    let resp = stream.message().await.expect("message").expect("one response");
+    let resp = stream
+        .message()
+        .await
+        .expect("message")
+        .expect("one response");
     let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
         panic!("unexpected reflection response");
     };
@@ -90,7 +102,10 @@ async fn reflection_lists_every_service() {
         "capact_storage.info.v1.BackendInfo",
         "grpc.health.v1.Health",
     ] {
-        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
     }
 }
 
@@ -113,10 +128,17 @@ fn http_get(addr: &str, path: &str) -> String {
 async fn metrics_count_requests_by_method_and_code() {
     let addr = format!("127.0.0.1:{}", free_port());
     let server = start_with(Memory::new(None), &["--metrics-addr", &addr]).await;
-    let target = Target::connect(&Connect::plain(server.url.clone()), None).await.expect("connect");
+    let target = Target::connect(&Connect::plain(server.url.clone()), None)
+        .await
+        .expect("connect");
     let _ = target.get("missing", 1).await;
-    let body = tokio::task::spawn_blocking(move || http_get(&addr, "/metrics")).await.expect("get");
-    assert!(body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"), "{body}");
+    let body = tokio::task::spawn_blocking(move || http_get(&addr, "/metrics"))
+        .await
+        .expect("get");
+    assert!(
+        body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
+        "{body}"
+    );
     assert!(
         body.contains(r#"storage_backend_grpc_requests_total{code="NOT_FOUND",method="GetValue"}"#),
         "{body}"
@@ -129,7 +151,9 @@ async fn slow_request_ends_with_deadline_exceeded() {
     let mut backend = Memory::new(None);
     backend.read_delay = Duration::from_secs(3);
     let server = start_with(backend, &["--request-timeout", "200ms"]).await;
-    let target = Target::connect(&Connect::plain(server.url.clone()), None).await.expect("connect");
+    let target = Target::connect(&Connect::plain(server.url.clone()), None)
+        .await
+        .expect("connect");
     let err = target.get("slow", 1).await.expect_err("deadline");
     assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
 }
@@ -143,13 +167,62 @@ fn make_pki(dir: &Path) {
             .current_dir(dir)
             .output()
             .expect("openssl runs");
-        assert!(ok.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&ok.stderr));
+        assert!(
+            ok.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
     };
-    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").expect("ext");
-    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test-ca"]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .expect("ext");
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+    ]);
     for name in ["server", "client"] {
-        run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN={name}")]);
-        run(&["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", &format!("{name}.pem"), "-days", "2", "-extfile", "san.ext"]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={name}"),
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
     }
 }
 
@@ -159,21 +232,56 @@ async fn tls_and_mutual_tls_are_enforced() {
     make_pki(dir.path());
     let p = |f: &str| dir.path().join(f).display().to_string();
 
-    let tls = start_with(Memory::new(None), &["--tls-cert", &p("server.pem"), "--tls-key", &p("server.key")]).await;
+    let tls = start_with(
+        Memory::new(None),
+        &[
+            "--tls-cert",
+            &p("server.pem"),
+            "--tls-key",
+            &p("server.key"),
+        ],
+    )
+    .await;
     let url = tls.url.replace("http://", "https://");
-    let with_ca = Connect { url: url.clone(), tls_ca: Some(p("ca.pem").into()), ..Connect::default() };
+    let with_ca = Connect {
+        url: url.clone(),
+        tls_ca: Some(p("ca.pem").into()),
+        ..Connect::default()
+    };
     let target = Target::connect(&with_ca, None).await.expect("tls connect");
-    target.create("tls-value", b"v").await.expect("create over tls");
-    assert!(Target::connect(&Connect::plain(tls.url.clone()), None).await.is_err(), "plaintext accepted");
+    target
+        .create("tls-value", b"v")
+        .await
+        .expect("create over tls");
+    assert!(
+        Target::connect(&Connect::plain(tls.url.clone()), None)
+            .await
+            .is_err(),
+        "plaintext accepted"
+    );
 
     let mtls = start_with(
         Memory::new(None),
-        &["--tls-cert", &p("server.pem"), "--tls-key", &p("server.key"), "--tls-client-ca", &p("ca.pem")],
+        &[
+            "--tls-cert",
+            &p("server.pem"),
+            "--tls-key",
+            &p("server.key"),
+            "--tls-client-ca",
+            &p("ca.pem"),
+        ],
     )
     .await;
     let url = mtls.url.replace("http://", "https://");
-    let no_cert = Connect { url: url.clone(), tls_ca: Some(p("ca.pem").into()), ..Connect::default() };
-    assert!(Target::connect(&no_cert, None).await.is_err(), "client without certificate accepted");
+    let no_cert = Connect {
+        url: url.clone(),
+        tls_ca: Some(p("ca.pem").into()),
+        ..Connect::default()
+    };
+    assert!(
+        Target::connect(&no_cert, None).await.is_err(),
+        "client without certificate accepted"
+    );
     let with_cert = Connect {
         url,
         tls_ca: Some(p("ca.pem").into()),
@@ -181,6 +289,11 @@ async fn tls_and_mutual_tls_are_enforced() {
         tls_key: Some(p("client.key").into()),
         tls_domain: None,
     };
-    let target = Target::connect(&with_cert, None).await.expect("mtls connect");
-    target.create("mtls-value", b"v").await.expect("create over mtls");
+    let target = Target::connect(&with_cert, None)
+        .await
+        .expect("mtls connect");
+    target
+        .create("mtls-value", b"v")
+        .await
+        .expect("create over mtls");
 }

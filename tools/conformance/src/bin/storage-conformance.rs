@@ -7,7 +7,10 @@ use clap::Parser;
 use conformance::{Connect, Target};
 
 #[derive(Parser)]
-#[command(version, about = "Check a storage backend against the protocol's contract")]
+#[command(
+    version,
+    about = "Check a storage backend against the protocol's contract"
+)]
 struct Cli {
     /// Backend address: host:port, http://host:port or https://host:port.
     #[arg(long, env = "CONFORMANCE_URL")]
@@ -61,7 +64,11 @@ async fn main() -> ExitCode {
         "backend {} {} ({}), value limit {} bytes",
         d.name,
         d.version,
-        if d.accept_value { "ValueAndContextStorageBackend" } else { "ContextStorageBackend" },
+        if d.accept_value {
+            "ValueAndContextStorageBackend"
+        } else {
+            "ContextStorageBackend"
+        },
         d.max_value_bytes
     );
     let report = conformance::run(target, cli.filter.as_deref(), |name, outcome| {
@@ -69,5 +76,9 @@ async fn main() -> ExitCode {
     })
     .await;
     println!("{}", report.summary());
-    if report.failed() == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if report.failed() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -3,7 +3,10 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, atomic::{AtomicBool, Ordering}},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -11,8 +14,8 @@ use async_trait::async_trait;
 use clap::Parser;
 use serde_json::{Value as Json, json};
 use shared::{
-    Backend, Context, ContextBackend, Describe, Error, Owner, Result, Revision, TypeInstanceId, Value, ValueBackend,
-    config::ServerConfig,
+    Backend, Context, ContextBackend, Describe, Error, Owner, Result, Revision, TypeInstanceId,
+    Value, ValueBackend, config::ServerConfig,
 };
 use tokio::sync::Mutex;
 
@@ -76,14 +79,17 @@ impl Memory {
             tokio::time::sleep(self.read_delay).await;
         }
         let data = self.data.lock().await;
-        let e = data.get(id).ok_or_else(|| Error::not_found(format!("type instance {id} not found")))?;
+        let e = data
+            .get(id)
+            .ok_or_else(|| Error::not_found(format!("type instance {id} not found")))?;
         let v = if self.has(Flaw::GetReturnsLatest) {
             e.revisions.values().next_back()
         } else {
             e.revisions.get(&rev)
         };
-        v.cloned()
-            .ok_or_else(|| Error::not_found(format!("revision {rev} of type instance {id} not found")))
+        v.cloned().ok_or_else(|| {
+            Error::not_found(format!("revision {rev} of type instance {id} not found"))
+        })
     }
 
     pub async fn create(&self, id: &str, value: Value) -> Result<()> {
@@ -94,7 +100,9 @@ impl Memory {
             if same && !self.has(Flaw::RetriesNotIdempotent) {
                 return Ok(());
             }
-            return Err(Error::already_exists(format!("type instance {id} already exists")));
+            return Err(Error::already_exists(format!(
+                "type instance {id} already exists"
+            )));
         }
         let mut e = Entry::default();
         e.revisions.insert(1, value);
@@ -104,27 +112,44 @@ impl Memory {
 
     fn mangle(&self, value: Value) -> Value {
         if self.has(Flaw::LossyValue) {
-            Value::new(String::from_utf8_lossy(value.as_bytes()).into_owned().into_bytes())
+            Value::new(
+                String::from_utf8_lossy(value.as_bytes())
+                    .into_owned()
+                    .into_bytes(),
+            )
         } else {
             value
         }
     }
 
-    pub async fn update(&self, id: &str, rev: u32, value: Value, owner: Option<&str>) -> Result<()> {
+    pub async fn update(
+        &self,
+        id: &str,
+        rev: u32,
+        value: Value,
+        owner: Option<&str>,
+    ) -> Result<()> {
         let value = self.mangle(value);
         let mut data = self.data.lock().await;
-        let e = data.get(id).ok_or_else(|| Error::not_found(format!("type instance {id} not found")))?;
-        if let Some(existing) = e.revisions.get(&rev) {
-            if !self.has(Flaw::OverwritesRevision) {
-                if *existing == value && !self.has(Flaw::RetriesNotIdempotent) {
-                    return Ok(());
-                }
-                return Err(Error::already_exists(format!("revision {rev} of type instance {id} already exists")));
+        let e = data
+            .get(id)
+            .ok_or_else(|| Error::not_found(format!("type instance {id} not found")))?;
+        if let Some(existing) = e.revisions.get(&rev)
+            && !self.has(Flaw::OverwritesRevision)
+        {
+            if *existing == value && !self.has(Flaw::RetriesNotIdempotent) {
+                return Ok(());
             }
+            return Err(Error::already_exists(format!(
+                "revision {rev} of type instance {id} already exists"
+            )));
         }
         self.check_owner(e, id, owner)?;
         let latest = e.revisions.keys().next_back().copied().unwrap_or(0);
-        if rev <= latest && !self.has(Flaw::AcceptsOlderRevision) && !self.has(Flaw::OverwritesRevision) {
+        if rev <= latest
+            && !self.has(Flaw::AcceptsOlderRevision)
+            && !self.has(Flaw::OverwritesRevision)
+        {
             return Err(Error::failed_precondition(format!(
                 "revision {rev} of type instance {id} is not above the latest revision {latest}"
             )));
@@ -143,7 +168,9 @@ impl Memory {
 
     pub async fn delete(&self, id: &str, owner: Option<&str>) -> Result<()> {
         let mut data = self.data.lock().await;
-        let e = data.get_mut(id).ok_or_else(|| Error::not_found(format!("type instance {id} not found")))?;
+        let e = data
+            .get_mut(id)
+            .ok_or_else(|| Error::not_found(format!("type instance {id} not found")))?;
         self.check_owner(e, id, owner)?;
         if self.has(Flaw::DeleteKeepsLock) {
             e.revisions.clear();
@@ -156,10 +183,14 @@ impl Memory {
 
     pub async fn delete_revision(&self, id: &str, rev: u32, owner: Option<&str>) -> Result<()> {
         let mut data = self.data.lock().await;
-        let e = data.get_mut(id).ok_or_else(|| Error::not_found(format!("type instance {id} not found")))?;
+        let e = data
+            .get_mut(id)
+            .ok_or_else(|| Error::not_found(format!("type instance {id} not found")))?;
         self.check_owner(e, id, owner)?;
         if e.revisions.remove(&rev).is_none() {
-            return Err(Error::not_found(format!("revision {rev} of type instance {id} not found")));
+            return Err(Error::not_found(format!(
+                "revision {rev} of type instance {id} not found"
+            )));
         }
         if e.revisions.is_empty() && !self.has(Flaw::DeleteKeepsLock) {
             data.remove(id);
@@ -169,17 +200,23 @@ impl Memory {
 
     pub async fn locked_by(&self, id: &str) -> Result<Option<String>> {
         let data = self.data.lock().await;
-        let e = data.get(id).ok_or_else(|| Error::not_found(format!("type instance {id} not found")))?;
+        let e = data
+            .get(id)
+            .ok_or_else(|| Error::not_found(format!("type instance {id} not found")))?;
         Ok(e.lock.clone())
     }
 
     pub async fn lock(&self, id: &str, owner: &str) -> Result<()> {
         let mut data = self.data.lock().await;
-        let e = data.get(id).ok_or_else(|| Error::not_found(format!("type instance {id} not found")))?;
+        let e = data
+            .get(id)
+            .ok_or_else(|| Error::not_found(format!("type instance {id} not found")))?;
         match &e.lock {
             Some(h) if h == owner => return Ok(()),
             Some(h) if !self.has(Flaw::LockTakeover) => {
-                return Err(Error::failed_precondition(format!("type instance {id} is locked by {h}")));
+                return Err(Error::failed_precondition(format!(
+                    "type instance {id} is locked by {h}"
+                )));
             }
             _ => {}
         }
@@ -196,7 +233,9 @@ impl Memory {
 
     pub async fn unlock(&self, id: &str) -> Result<()> {
         let mut data = self.data.lock().await;
-        let e = data.get_mut(id).ok_or_else(|| Error::not_found(format!("type instance {id} not found")))?;
+        let e = data
+            .get_mut(id)
+            .ok_or_else(|| Error::not_found(format!("type instance {id} not found")))?;
         e.lock = None;
         Ok(())
     }
@@ -227,12 +266,20 @@ impl Backend for Memory {
         }
     }
 
-    async fn get_value(&self, id: &TypeInstanceId, revision: Revision, _ctx: &Context) -> Result<Value> {
+    async fn get_value(
+        &self,
+        id: &TypeInstanceId,
+        revision: Revision,
+        _ctx: &Context,
+    ) -> Result<Value> {
         self.get(id.as_str(), revision.get()).await
     }
 
     async fn get_locked_by(&self, id: &TypeInstanceId, _ctx: &Context) -> Result<Option<Owner>> {
-        self.locked_by(id.as_str()).await?.map(|o| Owner::parse(&o)).transpose()
+        self.locked_by(id.as_str())
+            .await?
+            .map(|o| Owner::parse(&o))
+            .transpose()
     }
 
     async fn lock(&self, id: &TypeInstanceId, _ctx: &Context, owner: &Owner) -> Result<()> {
@@ -246,8 +293,15 @@ impl Backend for Memory {
 
 #[async_trait]
 impl ValueBackend for Memory {
-    async fn create(&self, id: &TypeInstanceId, value: Value, _ctx: &Context) -> Result<Option<Json>> {
-        Memory::create(self, id.as_str(), value).await.map(|()| None)
+    async fn create(
+        &self,
+        id: &TypeInstanceId,
+        value: Value,
+        _ctx: &Context,
+    ) -> Result<Option<Json>> {
+        Memory::create(self, id.as_str(), value)
+            .await
+            .map(|()| None)
     }
 
     async fn update(
@@ -258,12 +312,23 @@ impl ValueBackend for Memory {
         _ctx: &Context,
         owner: Option<&Owner>,
     ) -> Result<Option<Json>> {
-        Memory::update(self, id.as_str(), revision.get(), value, owner.map(Owner::as_str))
-            .await
-            .map(|()| None)
+        Memory::update(
+            self,
+            id.as_str(),
+            revision.get(),
+            value,
+            owner.map(Owner::as_str),
+        )
+        .await
+        .map(|()| None)
     }
 
-    async fn delete(&self, id: &TypeInstanceId, _ctx: &Context, owner: Option<&Owner>) -> Result<()> {
+    async fn delete(
+        &self,
+        id: &TypeInstanceId,
+        _ctx: &Context,
+        owner: Option<&Owner>,
+    ) -> Result<()> {
         Memory::delete(self, id.as_str(), owner.map(Owner::as_str)).await
     }
 
@@ -282,7 +347,11 @@ impl ValueBackend for Memory {
 /// taken at each revision.
 fn snapshot(ctx: &Context, revision: u32) -> Value {
     let name = ctx.str("name").unwrap_or_default();
-    Value::new(json!({"name": name, "revision": revision}).to_string().into_bytes())
+    Value::new(
+        json!({"name": name, "revision": revision})
+            .to_string()
+            .into_bytes(),
+    )
 }
 
 #[async_trait]
@@ -292,7 +361,9 @@ impl ContextBackend for Memory {
     }
 
     async fn create(&self, id: &TypeInstanceId, ctx: &Context) -> Result<Option<Json>> {
-        Memory::create(self, id.as_str(), snapshot(ctx, 1)).await.map(|()| None)
+        Memory::create(self, id.as_str(), snapshot(ctx, 1))
+            .await
+            .map(|()| None)
     }
 
     async fn update(
@@ -303,16 +374,32 @@ impl ContextBackend for Memory {
         owner: Option<&Owner>,
     ) -> Result<Option<Json>> {
         let v = snapshot(ctx, revision.get());
-        Memory::update(self, id.as_str(), revision.get(), v, owner.map(Owner::as_str))
-            .await
-            .map(|()| None)
+        Memory::update(
+            self,
+            id.as_str(),
+            revision.get(),
+            v,
+            owner.map(Owner::as_str),
+        )
+        .await
+        .map(|()| None)
     }
 
-    async fn delete(&self, id: &TypeInstanceId, _ctx: &Context, owner: Option<&Owner>) -> Result<()> {
+    async fn delete(
+        &self,
+        id: &TypeInstanceId,
+        _ctx: &Context,
+        owner: Option<&Owner>,
+    ) -> Result<()> {
         Memory::delete(self, id.as_str(), owner.map(Owner::as_str)).await
     }
 
-    async fn delete_revision(&self, id: &TypeInstanceId, revision: Revision, owner: Option<&Owner>) -> Result<()> {
+    async fn delete_revision(
+        &self,
+        id: &TypeInstanceId,
+        revision: Revision,
+        owner: Option<&Owner>,
+    ) -> Result<()> {
         Memory::delete_revision(self, id.as_str(), revision.get(), owner.map(Owner::as_str)).await
     }
 }
@@ -361,7 +448,9 @@ pub async fn start(backend: Memory) -> Running {
 
 pub async fn start_with(backend: Memory, extra: &[&str]) -> Running {
     let cfg = server_config(extra);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let (tx, rx) = tokio::sync::oneshot::channel();
     let backend = Arc::new(backend);
@@ -376,21 +465,32 @@ pub async fn start_with(backend: Memory, extra: &[&str]) -> Running {
         };
         result.expect("server runs");
     });
-    Running { url, stop: Some(tx), done: Some(done) }
+    Running {
+        url,
+        stop: Some(tx),
+        done: Some(done),
+    }
 }
-
 
 /// Starts a value backend the test keeps a handle to.
 pub async fn start_shared(backend: Arc<Memory>, extra: &[&str]) -> Running {
     let cfg = server_config(extra);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let (tx, rx) = tokio::sync::oneshot::channel();
     let done = tokio::spawn(async move {
         let stop = async {
             let _ = rx.await;
         };
-        shared::server::run_value(backend, &cfg, listener, stop).await.expect("server runs");
+        shared::server::run_value(backend, &cfg, listener, stop)
+            .await
+            .expect("server runs");
     });
-    Running { url, stop: Some(tx), done: Some(done) }
+    Running {
+        url,
+        stop: Some(tx),
+        done: Some(done),
+    }
 }

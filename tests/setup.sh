@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs, idempotently and with pinned versions.
+# Called by tests/run.sh; safe to run on its own. Everything lands outside
+# the repository (under $CAPACT_STORAGE_CACHE) so reruns are fast.
+set -euo pipefail
+
+CACHE="${CAPACT_STORAGE_CACHE:-$HOME/.cache/capact-storage}"
+mkdir -p "$CACHE"
+
+apt_install() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "setup: installing Debian packages: ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+# openssl: TLS test certificates. git, age: the SOPS-on-Git backend's tests.
+apt_install openssl git ca-certificates age
+
+# Rust components used by the checks.
+if command -v rustup >/dev/null 2>&1; then
+    rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+    rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
+
+# Python tools for third-party test servers, in one virtualenv.
+VENV="$CACHE/venv"
+PY_REQUIREMENTS="$(dirname "$0")/requirements.txt"
+stamp="$VENV/.requirements.sha256"
+want="$(sha256sum "$PY_REQUIREMENTS" | cut -d' ' -f1)"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "setup: installing Python test tools into $VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$PY_REQUIREMENTS"
+    echo "$want" > "$stamp"
+fi
