@@ -90,7 +90,7 @@ trait JsonField: Sized {
     fn to_json(&self) -> Option<Value>;
 }
 
-fn plain<'a>(value: Option<&'a Value>) -> Result<&'a Value, String> {
+fn plain(value: Option<&Value>) -> Result<&Value, String> {
     value.ok_or_else(|| {
         "absent in the reference, but the Rust field has no presence (missing `optional`?)"
             .to_owned()
@@ -161,7 +161,9 @@ fn field<T: JsonField>(fields: &Map<String, Value>, name: &str) -> Result<T, Str
 
 fn reject_unknown(fields: &Map<String, Value>, known: &[&str]) -> Result<(), String> {
     match fields.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(k) => Err(format!("the reference has field `{k}`, the Rust message does not")),
+        Some(k) => Err(format!(
+            "the reference has field `{k}`, the Rust message does not"
+        )),
         None => Ok(()),
     }
 }
@@ -211,13 +213,17 @@ wire_messages! {
     OnCreateValueAndContextRequest { type_instance_id, value, context },
     OnCreateResponse { context },
     TypeInstanceResourceVersion { resource_version, value },
-    OnUpdateValueAndContextRequest { type_instance_id, new_resource_version, new_value, context, owner_id },
+    OnUpdateValueAndContextRequest {
+        type_instance_id, new_resource_version, new_value, context, owner_id
+    },
     OnUpdateRequest { type_instance_id, new_resource_version, context, owner_id },
     OnUpdateResponse { context },
     OnDeleteValueAndContextRequest { type_instance_id, context, owner_id },
     OnDeleteRequest { type_instance_id, context, owner_id },
     OnDeleteResponse {},
-    OnDeleteRevisionValueAndContextRequest { type_instance_id, context, owner_id, resource_version },
+    OnDeleteRevisionValueAndContextRequest {
+        type_instance_id, context, owner_id, resource_version
+    },
     OnDeleteRevisionRequest { type_instance_id, owner_id, resource_version },
     OnDeleteRevisionResponse {},
     GetValueRequest { type_instance_id, resource_version, context },

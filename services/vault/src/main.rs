@@ -1,0 +1,5 @@
+//! `vault-backend`: the Vault/OpenBao storage backend process.
+
+fn main() -> std::process::ExitCode {
+    shared::server::main_value(vault::build)
+}

@@ -1,0 +1,256 @@
+//! The backend binary against a real OpenBao dev server: the conformance
+//! suite on KV v2, KV v1 and over TLS, every login method we can run here,
+//! token renewal, a denying policy, an outage, and what the logs contain.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use shared::proto::storage_backend as pb;
+use support::{BackendProcess, Bao, ROOT_TOKEN, assert_clean, conformance, path_str};
+use tonic::Code;
+
+fn root_env(bao: &Bao) -> Vec<(&'static str, String)> {
+    vec![
+        ("VAULT_ADDR", bao.addr()),
+        ("VAULT_TOKEN", ROOT_TOKEN.to_owned()),
+    ]
+}
+
+fn start_backend(env: &[(&'static str, String)]) -> BackendProcess {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    BackendProcess::start(&env)
+}
+
+async fn create(b: &BackendProcess, id: &str, value: &[u8]) -> Result<(), tonic::Status> {
+    b.client()
+        .await
+        .on_create(pb::OnCreateValueAndContextRequest {
+            type_instance_id: id.into(),
+            value: Bytes::copy_from_slice(value),
+            context: None,
+        })
+        .await
+        .map(|_| ())
+}
+
+async fn get(b: &BackendProcess, id: &str, rev: u32) -> Result<Vec<u8>, tonic::Status> {
+    b.client()
+        .await
+        .get_value(pb::GetValueRequest {
+            type_instance_id: id.into(),
+            resource_version: rev,
+            context: Bytes::new(),
+        })
+        .await
+        .map(|r| r.into_inner().value.unwrap_or_default().to_vec())
+}
+
+async fn update(b: &BackendProcess, id: &str, rev: u32, value: &[u8]) -> Result<(), tonic::Status> {
+    b.client()
+        .await
+        .on_update(pb::OnUpdateValueAndContextRequest {
+            type_instance_id: id.into(),
+            new_resource_version: rev,
+            new_value: Bytes::copy_from_slice(value),
+            context: None,
+            owner_id: None,
+        })
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kv2_backend_passes_the_conformance_suite() {
+    let bao = Bao::start();
+    let backend = start_backend(&root_env(&bao)).serving().await;
+    assert_clean(&conformance(&backend.url).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kv1_backend_passes_the_conformance_suite() {
+    let bao = Bao::start();
+    bao.must(&["secrets", "enable", "-path=kv1", "-version=1", "kv"]);
+    let mut env = root_env(&bao);
+    env.push(("APP_VAULT_MOUNT", "kv1".into()));
+    env.push(("APP_VAULT_KV_VERSION", "1".into()));
+    let backend = start_backend(&env).serving().await;
+    assert_clean(&conformance(&backend.url).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_to_openbao_with_a_custom_ca_passes_the_conformance_suite() {
+    let bao = Bao::start_tls();
+    let ca = bao.ca_cert().expect("tls dev server writes a CA");
+    let mut env = root_env(&bao);
+    env.push(("VAULT_CACERT", path_str(&ca).to_owned()));
+    let backend = start_backend(&env).serving().await;
+    assert_clean(&conformance(&backend.url).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn approle_login_serves_requests() {
+    let bao = Bao::start();
+    bao.must(&["auth", "enable", "approle"]);
+    bao.cli_input(
+        &["policy", "write", "capact", "-"],
+        Some(
+            r#"path "secret/*" { capabilities = ["create", "read", "update", "delete", "list"] }"#,
+        ),
+    )
+    .expect("policy write");
+    bao.must(&[
+        "write",
+        "auth/approle/role/capact",
+        "token_policies=capact",
+        "token_ttl=1h",
+    ]);
+    let role_id = bao.must(&["read", "-field=role_id", "auth/approle/role/capact/role-id"]);
+    let secret_id = bao.must(&[
+        "write",
+        "-f",
+        "-field=secret_id",
+        "auth/approle/role/capact/secret-id",
+    ]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret_file = dir.path().join("secret-id");
+    std::fs::write(&secret_file, &secret_id).expect("write secret id");
+
+    let backend = start_backend(&[
+        ("VAULT_ADDR", bao.addr()),
+        ("APP_VAULT_APPROLE_ROLE_ID", role_id),
+        (
+            "APP_VAULT_APPROLE_SECRET_ID_FILE",
+            path_str(&secret_file).to_owned(),
+        ),
+    ])
+    .serving()
+    .await;
+    create(&backend, "approle-1", b"{\"a\":1}")
+        .await
+        .expect("create");
+    assert_eq!(
+        get(&backend, "approle-1", 1).await.expect("get"),
+        b"{\"a\":1}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn short_ttl_token_is_renewed_and_keeps_working() {
+    let bao = Bao::start();
+    // Renewable, 3 s at a time, for up to a minute: without renewal it
+    // expires long before the loop below ends.
+    let token = bao.must(&[
+        "token",
+        "create",
+        "-policy=root",
+        "-ttl=3s",
+        "-explicit-max-ttl=60s",
+        "-renewable=true",
+        "-field=token",
+    ]);
+    let backend = start_backend(&[("VAULT_ADDR", bao.addr()), ("VAULT_TOKEN", token)])
+        .serving()
+        .await;
+    create(&backend, "renewed", b"1").await.expect("create");
+    let start = Instant::now();
+    let mut rev = 1;
+    while start.elapsed() < Duration::from_secs(9) {
+        rev += 1;
+        update(&backend, "renewed", rev, rev.to_string().as_bytes())
+            .await
+            .unwrap_or_else(|s| {
+                panic!(
+                    "update {rev} after {:?}: {s:?}\n{}",
+                    start.elapsed(),
+                    backend.logs()
+                )
+            });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        get(&backend, "renewed", rev).await.expect("get"),
+        rev.to_string().as_bytes()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_denying_our_path_gives_permission_denied_naming_the_path() {
+    let bao = Bao::start();
+    bao.cli_input(
+        &["policy", "write", "elsewhere", "-"],
+        Some(r#"path "secret/data/elsewhere/*" { capabilities = ["create", "read", "update"] }"#),
+    )
+    .expect("policy write");
+    let token = bao.must(&["token", "create", "-policy=elsewhere", "-field=token"]);
+    let backend = start_backend(&[("VAULT_ADDR", bao.addr()), ("VAULT_TOKEN", token.clone())])
+        .serving()
+        .await;
+    let status = create(&backend, "denied-1", b"x")
+        .await
+        .expect_err("create must be denied");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("secret/capact/denied-1"),
+        "{}",
+        status.message()
+    );
+    assert!(!status.message().contains(&token));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openbao_stopped_mid_run_gives_unavailable_then_recovers_after_restart() {
+    let mut bao = Bao::start();
+    let port = bao.port;
+    let mut backend = start_backend(&root_env(&bao)).serving().await;
+    create(&backend, "outage-1", b"before")
+        .await
+        .expect("create");
+
+    bao.process.stop();
+    let status = get(&backend, "outage-1", 1)
+        .await
+        .expect_err("store is down");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    backend
+        .wait_health(tonic_health::pb::health_check_response::ServingStatus::NotServing)
+        .await;
+
+    // Same port and root token; dev mode starts empty, which is fine here.
+    let _bao = Bao::start_on(port, false);
+    backend
+        .wait_health(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    create(&backend, "outage-2", b"after")
+        .await
+        .expect("create after restart");
+    assert_eq!(get(&backend, "outage-2", 1).await.expect("get"), b"after");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trace_logs_contain_neither_the_token_nor_a_value() {
+    let bao = Bao::start();
+    let token = bao.must(&["token", "create", "-policy=root", "-field=token"]);
+    let mut env = vec![("VAULT_ADDR", bao.addr()), ("VAULT_TOKEN", token.clone())];
+    env.push(("APP_LOG_LEVEL", "trace".into()));
+    let backend = start_backend(&env).serving().await;
+    let value = b"value-that-must-not-be-logged-91c2";
+    create(&backend, "logged-1", value).await.expect("create");
+    update(&backend, "logged-1", 2, value)
+        .await
+        .expect("update");
+    assert_eq!(get(&backend, "logged-1", 2).await.expect("get"), value);
+    let _ = create(&backend, "logged-1", b"other").await;
+    let logs = backend.logs();
+    assert!(
+        logs.len() > 1000,
+        "trace logging produced almost nothing:\n{logs}"
+    );
+    assert!(!logs.contains(&token), "the token appears in the logs");
+    assert!(!logs.contains(ROOT_TOKEN));
+    assert!(
+        !logs.contains("value-that-must-not-be-logged"),
+        "the value appears in the logs"
+    );
+}
