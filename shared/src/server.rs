@@ -25,6 +25,10 @@ use crate::{
 /// A backend's full configuration: the server part plus its own settings.
 pub trait BackendConfig: Parser + Send + 'static {
     fn server(&self) -> &ServerConfig;
+
+    /// Log targets of the store SDK to silence unless asked for by
+    /// `APP_LOG_LEVEL` (see [`crate::telemetry::init`]).
+    const QUIET_LOG_TARGETS: &'static [&'static str] = &[];
 }
 
 /// `main` of a value backend: parse config, build the backend, serve until a
@@ -72,7 +76,9 @@ where
         eprintln!("configuration error: {e}");
         return ExitCode::from(2);
     }
-    if let Err(e) = crate::telemetry::init(server.log_format, &server.log_level) {
+    if let Err(e) =
+        crate::telemetry::init(server.log_format, &server.log_level, C::QUIET_LOG_TARGETS)
+    {
         eprintln!("configuration error: {e}");
         return ExitCode::from(2);
     }

@@ -6,8 +6,16 @@ use crate::config::LogFormat;
 
 /// Installs the global subscriber. Idempotent: a second call is ignored
 /// (tests start several servers in one process).
-pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
-    let filter = EnvFilter::try_new(level)
+///
+/// `quiet` names log targets (store SDKs) silenced unless `level` mentions
+/// them: they log expected conflicts as errors, and our own log line for the
+/// request already says what happened.
+pub fn init(format: LogFormat, level: &str, quiet: &[&str]) -> Result<(), String> {
+    let mut directives = level.to_owned();
+    for target in quiet.iter().filter(|t| !level.contains(*t)) {
+        directives.push_str(&format!(",{target}=off"));
+    }
+    let filter = EnvFilter::try_new(&directives)
         .map_err(|e| format!("APP_LOG_LEVEL '{level}' is not a valid filter: {e}"))?;
     let builder = fmt().with_env_filter(filter).with_target(true);
     let _ = match format {

@@ -130,6 +130,9 @@ pub struct Config {
 }
 
 impl BackendConfig for Config {
+    // vaultrs logs every cas conflict (an expected race outcome) at ERROR.
+    const QUIET_LOG_TARGETS: &'static [&'static str] = &["vaultrs"];
+
     fn server(&self) -> &ServerConfig {
         &self.server
     }
