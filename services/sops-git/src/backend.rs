@@ -1,0 +1,471 @@
+//! The storage contract (spec §3) on top of [`GitStore`] and the SOPS codec.
+//!
+//! Layout under the configured prefix, per TypeInstance `<id>`:
+//!
+//! - `<id>/<revision>.sops.yaml`: one SOPS document per revision (read in
+//!   O(1): one tree lookup, no history walk);
+//! - `<id>/latest.sops.yaml`: a copy of the highest revision's document, at a
+//!   path that tools (e.g. Flux) can follow;
+//! - `<id>/lock`: the lock holder's name, present only while locked.
+//!
+//! A TypeInstance exists exactly while its directory holds a revision file.
+
+use std::{sync::Arc, time::SystemTime};
+
+use async_trait::async_trait;
+use serde_json::Value as Json;
+use shared::{
+    Backend, Context, Describe, Error, Owner, Result, Revision, TypeInstanceId, Value,
+    ValueBackend, metrics::store_call,
+};
+
+use crate::{
+    sops::{self, CodecError},
+    store::{Change, Edit, GitStore, Snapshot},
+};
+
+const SUFFIX: &str = ".sops.yaml";
+const LATEST: &str = "latest.sops.yaml";
+const LOCK: &str = "lock";
+
+/// Age keys: recipients we encrypt to, identities we decrypt with.
+pub struct Keys {
+    pub recipients: Vec<age::x25519::Recipient>,
+    pub identities: Vec<age::x25519::Identity>,
+}
+
+pub struct SopsGit {
+    core: Arc<Core>,
+}
+
+struct Core {
+    store: GitStore,
+    keys: Keys,
+    /// Directory inside the repository; empty for the root.
+    prefix: String,
+}
+
+impl SopsGit {
+    pub fn new(store: GitStore, keys: Keys, prefix: &str) -> Self {
+        let prefix = prefix.trim_matches('/').to_owned();
+        Self {
+            core: Arc::new(Core {
+                store,
+                keys,
+                prefix,
+            }),
+        }
+    }
+
+    /// Runs blocking Git work off the async executor, recorded as a store call.
+    async fn run<T: Send + 'static>(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce(&Core) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let core = Arc::clone(&self.core);
+        store_call(operation, async move {
+            tokio::task::spawn_blocking(move || f(&core))
+                .await
+                .map_err(|e| Error::internal("git worker task failed").with_source(e))?
+        })
+        .await
+    }
+}
+
+/// What a TypeInstance directory holds at the branch tip.
+struct State {
+    /// Sorted ascending.
+    revisions: Vec<u32>,
+    lock: Option<String>,
+}
+
+impl State {
+    fn latest(&self) -> Option<u32> {
+        self.revisions.last().copied()
+    }
+}
+
+/// The directory name of a TypeInstance: its id, except that ids starting
+/// with `.` get a `%` in front. Git refuses paths such as `.git` (in any case
+/// and with trailing dots), and hidden directories surprise people; `%` is
+/// outside the id alphabet, so the mapping cannot collide.
+fn dir_name(id: &TypeInstanceId) -> String {
+    if id.as_str().starts_with('.') {
+        format!("%{id}")
+    } else {
+        id.to_string()
+    }
+}
+
+fn not_found(id: &TypeInstanceId) -> Error {
+    Error::not_found(format!("type instance {id} not found"))
+}
+
+fn revision_not_found(id: &TypeInstanceId, rev: Revision) -> Error {
+    Error::not_found(format!("revision {rev} of type instance {id} not found"))
+}
+
+impl Core {
+    fn dir(&self, id: &TypeInstanceId) -> String {
+        let name = dir_name(id);
+        if self.prefix.is_empty() {
+            name
+        } else {
+            format!("{}/{name}", self.prefix)
+        }
+    }
+
+    fn revision_path(&self, id: &TypeInstanceId, rev: u32) -> String {
+        format!("{}/{rev}{SUFFIX}", self.dir(id))
+    }
+
+    /// The TypeInstance's state, or NOT_FOUND when it has no revision.
+    fn state(&self, snap: &Snapshot<'_>, id: &TypeInstanceId) -> Result<State> {
+        let dir = self.dir(id);
+        let mut revisions: Vec<u32> = snap
+            .list(&dir)?
+            .iter()
+            .filter_map(|name| name.strip_suffix(SUFFIX)?.parse().ok())
+            .filter(|r| *r > 0)
+            .collect();
+        if revisions.is_empty() {
+            return Err(not_found(id));
+        }
+        revisions.sort_unstable();
+        let lock = snap
+            .read(&format!("{dir}/{LOCK}"))?
+            .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+            .filter(|s| !s.is_empty());
+        Ok(State { revisions, lock })
+    }
+
+    /// Decrypts one revision; corruption is DATA_LOSS for this TypeInstance
+    /// only, logged without content.
+    fn value(&self, snap: &Snapshot<'_>, id: &TypeInstanceId, rev: u32) -> Result<Option<Vec<u8>>> {
+        let Some(doc) = snap.read(&self.revision_path(id, rev))? else {
+            return Ok(None);
+        };
+        let doc = std::str::from_utf8(&doc)
+            .map_err(|_| corrupt(id, rev, CodecError::Malformed("not UTF-8")))?;
+        sops::decrypt(doc, &self.keys.identities)
+            .map(Some)
+            .map_err(|e| match e {
+                CodecError::NoMatchingKey => Error::internal(format!(
+                    "revision {rev} of type instance {id} is not encrypted to our age key"
+                ))
+                .with_source(e),
+                e => corrupt(id, rev, e),
+            })
+    }
+
+    fn encrypt(&self, value: &[u8]) -> Result<Vec<u8>> {
+        sops::encrypt(value, &self.keys.recipients, SystemTime::now())
+            .map(String::into_bytes)
+            .map_err(|e| Error::internal("encrypting the value failed").with_source(e))
+    }
+
+    /// FAILED_PRECONDITION unless unlocked or locked by `owner`.
+    fn check_owner(id: &TypeInstanceId, state: &State, owner: Option<&Owner>) -> Result<()> {
+        match &state.lock {
+            Some(holder) if Some(holder.as_str()) != owner.map(Owner::as_str) => Err(
+                Error::failed_precondition(format!("type instance {id} is locked by {holder}")),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Puts a revision and refreshes `latest` when it becomes the highest.
+    fn put_revision(&self, id: &TypeInstanceId, rev: u32, doc: Vec<u8>) -> Vec<Change> {
+        vec![
+            Change::Put {
+                path: format!("{}/{LATEST}", self.dir(id)),
+                content: doc.clone(),
+            },
+            Change::Put {
+                path: self.revision_path(id, rev),
+                content: doc,
+            },
+        ]
+    }
+
+    fn get(&self, id: &TypeInstanceId, rev: Revision) -> Result<Vec<u8>> {
+        self.store.read(|snap| {
+            // Straight to the revision's path: no listing, no history.
+            match self.value(snap, id, rev.get())? {
+                Some(v) => Ok(v),
+                None if snap.list(&self.dir(id))?.is_empty() => Err(not_found(id)),
+                None => Err(revision_not_found(id, rev)),
+            }
+        })
+    }
+
+    fn create(&self, id: &TypeInstanceId, value: &[u8]) -> Result<()> {
+        // Encrypt once, outside the retry loop: a retry re-checks the
+        // contract but writes the same document.
+        let doc = self.encrypt(value)?;
+        self.store.write(|snap| match self.state(snap, id) {
+            Ok(state) => {
+                let same =
+                    state.revisions == [1] && self.value(snap, id, 1)?.as_deref() == Some(value);
+                if same {
+                    return Ok(None);
+                }
+                Err(Error::already_exists(format!(
+                    "type instance {id} already exists"
+                )))
+            }
+            Err(e) if e.kind() == shared::ErrorKind::NotFound => Ok(Some(Edit {
+                message: format!("create type instance {id} revision 1"),
+                changes: self.put_revision(id, 1, doc.clone()),
+            })),
+            Err(e) => Err(e),
+        })
+    }
+
+    fn update(
+        &self,
+        id: &TypeInstanceId,
+        rev: Revision,
+        value: &[u8],
+        owner: Option<&Owner>,
+    ) -> Result<()> {
+        let doc = self.encrypt(value)?;
+        let r = rev.get();
+        self.store.write(|snap| {
+            let state = self.state(snap, id)?;
+            if state.revisions.contains(&r) {
+                if self.value(snap, id, r)?.as_deref() == Some(value) {
+                    return Ok(None);
+                }
+                return Err(Error::already_exists(format!(
+                    "revision {rev} of type instance {id} already exists"
+                )));
+            }
+            Self::check_owner(id, &state, owner)?;
+            let latest = state.latest().unwrap_or(0);
+            if r <= latest {
+                return Err(Error::failed_precondition(format!(
+                    "revision {rev} of type instance {id} is not above the latest revision {latest}"
+                )));
+            }
+            Ok(Some(Edit {
+                message: format!("update type instance {id} revision {rev}"),
+                changes: self.put_revision(id, r, doc.clone()),
+            }))
+        })
+    }
+
+    fn delete(&self, id: &TypeInstanceId, owner: Option<&Owner>) -> Result<()> {
+        self.store.write(|snap| {
+            let state = self.state(snap, id)?;
+            Self::check_owner(id, &state, owner)?;
+            Ok(Some(Edit {
+                message: format!(
+                    "delete type instance {id} (revisions up to {})",
+                    state.latest().unwrap_or(0)
+                ),
+                changes: vec![Change::DeleteDir { path: self.dir(id) }],
+            }))
+        })
+    }
+
+    fn delete_revision(
+        &self,
+        id: &TypeInstanceId,
+        rev: Revision,
+        owner: Option<&Owner>,
+    ) -> Result<()> {
+        let r = rev.get();
+        self.store.write(|snap| {
+            let state = self.state(snap, id)?;
+            Self::check_owner(id, &state, owner)?;
+            if !state.revisions.contains(&r) {
+                return Err(revision_not_found(id, rev));
+            }
+            let message = format!("delete revision {rev} of type instance {id}");
+            let rest: Vec<u32> = state
+                .revisions
+                .iter()
+                .copied()
+                .filter(|x| *x != r)
+                .collect();
+            let changes = match rest.last() {
+                // The last revision takes the TypeInstance and its lock along.
+                None => vec![Change::DeleteDir { path: self.dir(id) }],
+                Some(&new_latest) if new_latest < r => {
+                    let doc = snap
+                        .read(&self.revision_path(id, new_latest))?
+                        .ok_or_else(|| Error::internal("a listed revision file vanished"))?;
+                    vec![
+                        Change::Delete {
+                            path: self.revision_path(id, r),
+                        },
+                        Change::Put {
+                            path: format!("{}/{LATEST}", self.dir(id)),
+                            content: doc,
+                        },
+                    ]
+                }
+                Some(_) => vec![Change::Delete {
+                    path: self.revision_path(id, r),
+                }],
+            };
+            Ok(Some(Edit { message, changes }))
+        })
+    }
+
+    fn locked_by(&self, id: &TypeInstanceId) -> Result<Option<String>> {
+        self.store.read(|snap| Ok(self.state(snap, id)?.lock))
+    }
+
+    fn lock(&self, id: &TypeInstanceId, owner: &Owner) -> Result<()> {
+        self.store.write(|snap| {
+            let state = self.state(snap, id)?;
+            match &state.lock {
+                Some(h) if h == owner.as_str() => Ok(None),
+                Some(h) => Err(Error::failed_precondition(format!(
+                    "type instance {id} is locked by {h}"
+                ))),
+                None => Ok(Some(Edit {
+                    message: format!(
+                        "lock type instance {id} revision {} by {owner}",
+                        state.latest().unwrap_or(0)
+                    ),
+                    changes: vec![Change::Put {
+                        path: format!("{}/{LOCK}", self.dir(id)),
+                        content: format!("{owner}\n").into_bytes(),
+                    }],
+                })),
+            }
+        })
+    }
+
+    fn unlock(&self, id: &TypeInstanceId) -> Result<()> {
+        self.store.write(|snap| {
+            let state = self.state(snap, id)?;
+            if state.lock.is_none() {
+                return Ok(None);
+            }
+            Ok(Some(Edit {
+                message: format!(
+                    "unlock type instance {id} revision {}",
+                    state.latest().unwrap_or(0)
+                ),
+                changes: vec![Change::Delete {
+                    path: format!("{}/{LOCK}", self.dir(id)),
+                }],
+            }))
+        })
+    }
+
+    /// The remote answers and our identity opens what we encrypt.
+    fn probe(&self) -> Result<()> {
+        self.store.ping()?;
+        let doc = self.encrypt(b"probe")?;
+        let doc = String::from_utf8(doc).map_err(|_| Error::internal("probe document"))?;
+        sops::decrypt(&doc, &self.keys.identities)
+            .map(|_| ())
+            .map_err(|e| {
+                Error::internal("the age key cannot decrypt what we encrypt to the recipients")
+                    .with_source(e)
+            })
+    }
+}
+
+fn corrupt(id: &TypeInstanceId, rev: u32, e: CodecError) -> Error {
+    Error::data_loss(format!(
+        "revision {rev} of type instance {id} is corrupted or was tampered with"
+    ))
+    .with_source(e)
+}
+
+#[async_trait]
+impl Backend for SopsGit {
+    fn describe(&self) -> Describe {
+        Describe {
+            name: "sops-git",
+            version: env!("CARGO_PKG_VERSION"),
+            accept_value: true,
+            context_schema: None,
+            context_required: false,
+            // Git copes with large blobs, but every revision is a full copy in
+            // history; the configured limit (1 MiB by default) applies below.
+            max_value_bytes: 64 << 20,
+        }
+    }
+
+    async fn probe(&self) -> Result<()> {
+        self.run("probe", |c| c.probe()).await
+    }
+
+    async fn get_value(&self, id: &TypeInstanceId, rev: Revision, _: &Context) -> Result<Value> {
+        let id = id.clone();
+        self.run("get_value", move |c| c.get(&id, rev).map(Value::from))
+            .await
+    }
+
+    async fn get_locked_by(&self, id: &TypeInstanceId, _: &Context) -> Result<Option<Owner>> {
+        let id = id.clone();
+        let holder = self.run("get_locked_by", move |c| c.locked_by(&id)).await?;
+        // A lock file edited by hand may hold anything; expose it only if it
+        // is a valid owner name.
+        Ok(holder.and_then(|h| Owner::parse(&h).ok()))
+    }
+
+    async fn lock(&self, id: &TypeInstanceId, _: &Context, owner: &Owner) -> Result<()> {
+        let (id, owner) = (id.clone(), owner.clone());
+        self.run("lock", move |c| c.lock(&id, &owner)).await
+    }
+
+    async fn unlock(&self, id: &TypeInstanceId, _: &Context) -> Result<()> {
+        let id = id.clone();
+        self.run("unlock", move |c| c.unlock(&id)).await
+    }
+}
+
+#[async_trait]
+impl ValueBackend for SopsGit {
+    async fn create(&self, id: &TypeInstanceId, value: Value, _: &Context) -> Result<Option<Json>> {
+        let id = id.clone();
+        self.run("create", move |c| c.create(&id, value.as_bytes()))
+            .await?;
+        Ok(None)
+    }
+
+    async fn update(
+        &self,
+        id: &TypeInstanceId,
+        rev: Revision,
+        value: Value,
+        _: &Context,
+        owner: Option<&Owner>,
+    ) -> Result<Option<Json>> {
+        let (id, owner) = (id.clone(), owner.cloned());
+        self.run("update", move |c| {
+            c.update(&id, rev, value.as_bytes(), owner.as_ref())
+        })
+        .await?;
+        Ok(None)
+    }
+
+    async fn delete(&self, id: &TypeInstanceId, _: &Context, owner: Option<&Owner>) -> Result<()> {
+        let (id, owner) = (id.clone(), owner.cloned());
+        self.run("delete", move |c| c.delete(&id, owner.as_ref()))
+            .await
+    }
+
+    async fn delete_revision(
+        &self,
+        id: &TypeInstanceId,
+        rev: Revision,
+        _: &Context,
+        owner: Option<&Owner>,
+    ) -> Result<()> {
+        let (id, owner) = (id.clone(), owner.cloned());
+        self.run("delete_revision", move |c| {
+            c.delete_revision(&id, rev, owner.as_ref())
+        })
+        .await
+    }
+}

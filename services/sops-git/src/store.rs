@@ -1,0 +1,686 @@
+//! One local clone of a Git remote, and atomic "read-check-commit-push"
+//! transactions on one branch of it.
+//!
+//! The clone is bare: we never need a checkout, files are read from and
+//! written to trees directly, so no working-tree state can go stale or be
+//! left half-written. The remote is the only source of truth; the clone is a
+//! cache that any restart or conflict refreshes with a fetch.
+//!
+//! Atomicity comes from Git itself: a push that is not a fast-forward of what
+//! the remote holds is rejected, so two writers (threads or processes) that
+//! started from the same tip cannot both win. The loser fetches, re-runs its
+//! contract checks on the new tip and tries again, a bounded number of times.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use aes_gcm::aead::{OsRng, rand_core::RngCore};
+use git2::{
+    Commit, Direction, ErrorClass, ErrorCode, FetchOptions, Index, IndexEntry, IndexTime, Oid,
+    PushOptions, RemoteCallbacks, Repository, Signature, Tree,
+};
+use shared::{Error, Result};
+
+const REMOTE: &str = "origin";
+
+/// Attempts of one write before ABORTED: each lost race costs one fetch.
+const MAX_ATTEMPTS: u32 = 10;
+
+/// Where and as whom to commit.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub remote_url: String,
+    pub branch: String,
+    /// The local bare clone.
+    pub clone_dir: PathBuf,
+    pub author_name: String,
+    pub author_email: String,
+    /// Reads fetch first when the last fetch is older than this (zero:
+    /// always), so that writes of other processes become visible.
+    pub read_fetch_interval: Duration,
+}
+
+/// A read-only view of the branch tip.
+pub struct Snapshot<'r> {
+    repo: &'r Repository,
+    tree: Option<Tree<'r>>,
+}
+
+impl Snapshot<'_> {
+    /// The content of the file at `path`, if any.
+    pub fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        let Some(tree) = &self.tree else {
+            return Ok(None);
+        };
+        let entry = match tree.get_path(Path::new(path)) {
+            Ok(e) => e,
+            Err(e) if e.code() == ErrorCode::NotFound => return Ok(None),
+            Err(e) => return Err(internal("reading the tree", e)),
+        };
+        let blob = self
+            .repo
+            .find_blob(entry.id())
+            .map_err(|e| internal("reading a blob", e))?;
+        Ok(Some(blob.content().to_vec()))
+    }
+
+    /// File names directly inside directory `dir` (empty if it is missing).
+    pub fn list(&self, dir: &str) -> Result<Vec<String>> {
+        let Some(tree) = &self.tree else {
+            return Ok(Vec::new());
+        };
+        let entry = match tree.get_path(Path::new(dir)) {
+            Ok(e) => e,
+            Err(e) if e.code() == ErrorCode::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(internal("reading the tree", e)),
+        };
+        let Ok(sub) = self.repo.find_tree(entry.id()) else {
+            return Ok(Vec::new());
+        };
+        Ok(sub
+            .iter()
+            .filter_map(|e| e.name().ok().map(str::to_owned))
+            .collect())
+    }
+}
+
+/// One file-level change of a commit.
+#[derive(Debug)]
+pub enum Change {
+    Put {
+        path: String,
+        content: Vec<u8>,
+    },
+    Delete {
+        path: String,
+    },
+    /// Removes a directory and everything in it.
+    DeleteDir {
+        path: String,
+    },
+}
+
+/// What a write does: its changes and its commit message.
+#[derive(Debug)]
+pub struct Edit {
+    pub message: String,
+    pub changes: Vec<Change>,
+}
+
+pub struct GitStore {
+    opts: StoreOptions,
+    /// libgit2 repositories are not `Sync`; one writer at a time per process
+    /// also avoids pointless self-conflicts.
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    repo: Repository,
+    last_fetch: Option<Instant>,
+}
+
+impl GitStore {
+    /// Opens the local clone (creating it on first start) and points its
+    /// `origin` at the configured remote. Blocking.
+    pub fn open(opts: StoreOptions) -> Result<Self> {
+        let repo = match Repository::open_bare(&opts.clone_dir) {
+            Ok(r) => r,
+            Err(_) => {
+                std::fs::create_dir_all(&opts.clone_dir).map_err(|e| {
+                    Error::internal("cannot create the local clone directory").with_source(e)
+                })?;
+                Repository::init_bare(&opts.clone_dir)
+                    .map_err(|e| internal("creating the local clone", e))?
+            }
+        };
+        match repo.find_remote(REMOTE) {
+            Ok(r) if r.url().ok() == Some(opts.remote_url.as_str()) => {}
+            Ok(_) => repo
+                .remote_set_url(REMOTE, &opts.remote_url)
+                .map_err(|e| internal("setting the remote url", e))?,
+            Err(_) => {
+                repo.remote(REMOTE, &opts.remote_url)
+                    .map_err(|e| internal("adding the remote", e))?;
+            }
+        }
+        Ok(Self {
+            opts,
+            inner: Mutex::new(Inner {
+                repo,
+                last_fetch: None,
+            }),
+        })
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>> {
+        // A panic while holding the lock leaves at worst a stale local ref,
+        // which the next fetch repairs: keep going.
+        Ok(self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    fn tracking_ref(&self) -> String {
+        format!("refs/remotes/{REMOTE}/{}", self.opts.branch)
+    }
+
+    /// Fetches the branch; a missing branch (empty remote) is fine.
+    fn fetch(&self, inner: &mut Inner) -> Result<()> {
+        let mut remote = inner
+            .repo
+            .find_remote(REMOTE)
+            .map_err(|e| internal("finding the remote", e))?;
+        let spec = format!("+refs/heads/{0}:{1}", self.opts.branch, self.tracking_ref());
+        let mut fo = FetchOptions::new();
+        fo.prune(git2::FetchPrune::On);
+        remote
+            .fetch(&[spec.as_str()], Some(&mut fo), None)
+            .map_err(|e| remote_error("fetch", e))?;
+        // A branch deleted on the remote leaves no tracking ref behind after
+        // the prune; nothing else to do.
+        inner.last_fetch = Some(Instant::now());
+        Ok(())
+    }
+
+    fn tip<'r>(&self, repo: &'r Repository) -> Result<Option<Commit<'r>>> {
+        match repo.find_reference(&self.tracking_ref()) {
+            Ok(r) => r
+                .peel_to_commit()
+                .map(Some)
+                .map_err(|e| internal("resolving the branch tip", e)),
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(internal("reading the branch ref", e)),
+        }
+    }
+
+    /// Runs `f` on the branch tip, fetching first if the local copy may be
+    /// stale. Blocking.
+    pub fn read<T>(&self, f: impl FnOnce(&Snapshot<'_>) -> Result<T>) -> Result<T> {
+        let mut inner = self.lock()?;
+        let stale = inner
+            .last_fetch
+            .is_none_or(|t| t.elapsed() >= self.opts.read_fetch_interval);
+        if stale {
+            self.fetch(&mut inner)?;
+        }
+        let tip = self.tip(&inner.repo)?;
+        let tree = match &tip {
+            Some(c) => Some(c.tree().map_err(|e| internal("reading the tip tree", e))?),
+            None => None,
+        };
+        f(&Snapshot {
+            repo: &inner.repo,
+            tree,
+        })
+    }
+
+    /// Fetches, lets `plan` check the contract on the fresh tip and describe
+    /// its change (None: nothing to do), commits and pushes; on a lost race
+    /// starts over. Blocking.
+    pub fn write(&self, mut plan: impl FnMut(&Snapshot<'_>) -> Result<Option<Edit>>) -> Result<()> {
+        let mut inner = self.lock()?;
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                // Jittered backoff so that two losers do not collide again.
+                let ms = 5 + u64::from(OsRng.next_u32() % (20 * attempt));
+                std::thread::sleep(Duration::from_millis(ms));
+            }
+            self.fetch(&mut inner)?;
+            // Borrows of the repository end before the fetch below needs it
+            // mutably: keep only ids out of this block.
+            let (commit, parent_id) = {
+                let repo = &inner.repo;
+                let parent = self.tip(repo)?;
+                let tree = match &parent {
+                    Some(c) => Some(c.tree().map_err(|e| internal("reading the tip tree", e))?),
+                    None => None,
+                };
+                let snapshot = Snapshot { repo, tree };
+                let Some(edit) = plan(&snapshot)? else {
+                    return Ok(());
+                };
+                let commit = self.commit(repo, parent.as_ref(), snapshot.tree.as_ref(), &edit)?;
+                (commit, parent.as_ref().map(Commit::id))
+            };
+            match self.push(&inner.repo, commit, parent_id) {
+                Ok(()) => {
+                    // Make our own write visible to reads without a fetch.
+                    inner
+                        .repo
+                        .reference(&self.tracking_ref(), commit, true, "pushed")
+                        .map_err(|e| internal("updating the tracking ref", e))?;
+                    return Ok(());
+                }
+                Err(push_err) if push_err.kind() == shared::ErrorKind::Aborted => {
+                    tracing::debug!(attempt, "push lost a race; retrying on the new tip");
+                }
+                Err(push_err) => {
+                    // Whether this was a lost race shows in the remote: if its
+                    // tip moved past our parent, someone else won.
+                    self.fetch(&mut inner)?;
+                    let now = self.tip(&inner.repo)?.map(|c| c.id());
+                    if now == parent_id {
+                        return Err(push_err);
+                    }
+                    tracing::debug!(attempt, "push lost a race; retrying on the new tip");
+                }
+            }
+        }
+        Err(Error::aborted(
+            "too many concurrent writers to the git branch; retry",
+        ))
+    }
+
+    fn commit(
+        &self,
+        repo: &Repository,
+        parent: Option<&Commit<'_>>,
+        tree: Option<&Tree<'_>>,
+        edit: &Edit,
+    ) -> Result<Oid> {
+        let mut index = Index::new().map_err(|e| internal("creating an index", e))?;
+        if let Some(tree) = tree {
+            index
+                .read_tree(tree)
+                .map_err(|e| internal("reading the tip into an index", e))?;
+        }
+        for change in &edit.changes {
+            match change {
+                Change::Put { path, content } => {
+                    // An in-memory index cannot write blobs itself: write the
+                    // blob to the repository, then point the entry at it.
+                    let blob = repo
+                        .blob(content)
+                        .map_err(|e| internal("writing a blob", e))?;
+                    index
+                        .add(&file_entry(path, blob, content.len()))
+                        .map_err(|e| internal("adding a file", e))?
+                }
+                Change::Delete { path } => index
+                    .remove_path(Path::new(path))
+                    .map_err(|e| internal("removing a file", e))?,
+                Change::DeleteDir { path } => index
+                    .remove_dir(Path::new(path), 0)
+                    .map_err(|e| internal("removing a directory", e))?,
+            }
+        }
+        let tree_id = index
+            .write_tree_to(repo)
+            .map_err(|e| internal("writing the tree", e))?;
+        let tree = repo
+            .find_tree(tree_id)
+            .map_err(|e| internal("finding the new tree", e))?;
+        let sig = Signature::now(&self.opts.author_name, &self.opts.author_email)
+            .map_err(|e| internal("building the commit signature", e))?;
+        let parents: Vec<&Commit<'_>> = parent.into_iter().collect();
+        repo.commit(None, &sig, &sig, &edit.message, &tree, &parents)
+            .map_err(|e| internal("committing", e))
+    }
+
+    /// Pushes `commit` as the branch, never forcing: the remote accepts it
+    /// only as a fast-forward of `parent`, what we built on.
+    fn push(&self, repo: &Repository, commit: Oid, parent: Option<Oid>) -> Result<()> {
+        if let Some(path) = local_path(&self.opts.remote_url) {
+            return push_local(repo, &path, &self.opts.branch, commit, parent);
+        }
+        // libgit2 pushes references, not bare object ids.
+        let local = format!("refs/heads/{}", self.opts.branch);
+        repo.reference(&local, commit, true, "to push")
+            .map_err(|e| internal("setting the local branch", e))?;
+        let mut remote = repo
+            .find_remote(REMOTE)
+            .map_err(|e| internal("finding the remote", e))?;
+        let mut rejected: Option<String> = None;
+        let result = {
+            let mut cbs = RemoteCallbacks::new();
+            cbs.push_update_reference(|_, status| {
+                if let Some(s) = status {
+                    rejected = Some(s.to_owned());
+                }
+                Ok(())
+            });
+            let mut po = PushOptions::new();
+            po.remote_callbacks(cbs);
+            remote.push(&[format!("{local}:{local}").as_str()], Some(&mut po))
+        };
+        result.map_err(|e| remote_error("push", e))?;
+        match rejected {
+            None => Ok(()),
+            Some(why) => Err(Error::aborted("the git remote rejected the push; retry")
+                .with_source(std::io::Error::other(why))),
+        }
+    }
+
+    /// Asks the remote for its refs (ls-remote): the health probe.
+    pub fn ping(&self) -> Result<()> {
+        // Its own handle on the clone: a probe must not queue behind a long
+        // write holding the shared one, or health would flap under load.
+        let repo = Repository::open_bare(&self.opts.clone_dir)
+            .map_err(|e| internal("opening the local clone", e))?;
+        let mut remote = repo
+            .remote_anonymous(&self.opts.remote_url)
+            .map_err(|e| internal("creating a remote", e))?;
+        remote
+            .connect(Direction::Fetch)
+            .map_err(|e| remote_error("connect", e))?;
+        remote.list().map_err(|e| remote_error("ls-remote", e))?;
+        let _ = remote.disconnect();
+        Ok(())
+    }
+}
+
+/// The directory of a local remote (`file://` URL or plain path), if it is one.
+fn local_path(url: &str) -> Option<PathBuf> {
+    if let Some(rest) = url.strip_prefix("file://") {
+        return Some(PathBuf::from(rest));
+    }
+    (!url.contains("://") && Path::new(url).is_absolute()).then(|| PathBuf::from(url))
+}
+
+/// Pushes to a repository on the local file system with a real
+/// compare-and-swap of the branch.
+///
+/// Why not libgit2's push: its local transport checks fast-forward against
+/// the tip it saw on connect, then overwrites the ref unconditionally, so two
+/// processes can both "win" (verified by the two-writer test). Here the
+/// objects are copied first (harmless if we then lose), and the branch moves
+/// only if it still points at `parent`, under the ref's lock file, the same
+/// check `git receive-pack` does.
+fn push_local(
+    repo: &Repository,
+    remote_dir: &Path,
+    branch: &str,
+    commit: Oid,
+    parent: Option<Oid>,
+) -> Result<()> {
+    let remote = Repository::open(remote_dir).map_err(|e| remote_error("open", e))?;
+    let src = repo
+        .odb()
+        .map_err(|e| internal("opening the object database", e))?;
+    let dst = remote
+        .odb()
+        .map_err(|e| remote_error("open the remote object database", e))?;
+    copy_missing(repo, &src, &dst, commit)?;
+    let name = format!("refs/heads/{branch}");
+    let result = match parent {
+        Some(old) => remote.reference_matching(&name, commit, true, old, "sops-git push"),
+        None => remote.reference(&name, commit, false, "sops-git push"),
+    };
+    match result {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.code(),
+                ErrorCode::Modified | ErrorCode::Exists | ErrorCode::Locked
+            ) =>
+        {
+            Err(Error::aborted("the git branch moved during the push; retry").with_source(e))
+        }
+        Err(e) => Err(remote_error("update the branch", e)),
+    }
+}
+
+/// Copies `oid` and everything it references that `dst` lacks. An object
+/// present in `dst` implies its closure is (Git's own invariant), so the walk
+/// stops there: only the changed paths are visited.
+fn copy_missing(
+    repo: &Repository,
+    src: &git2::Odb<'_>,
+    dst: &git2::Odb<'_>,
+    oid: Oid,
+) -> Result<()> {
+    if dst.exists(oid) {
+        return Ok(());
+    }
+    let obj = src
+        .read(oid)
+        .map_err(|e| internal("reading an object to push", e))?;
+    match obj.kind() {
+        git2::ObjectType::Commit => {
+            let commit = repo
+                .find_commit(oid)
+                .map_err(|e| internal("reading a commit to push", e))?;
+            copy_missing(repo, src, dst, commit.tree_id())?;
+            for p in commit.parent_ids() {
+                copy_missing(repo, src, dst, p)?;
+            }
+        }
+        git2::ObjectType::Tree => {
+            let tree = repo
+                .find_tree(oid)
+                .map_err(|e| internal("reading a tree to push", e))?;
+            for entry in tree.iter() {
+                copy_missing(repo, src, dst, entry.id())?;
+            }
+        }
+        _ => {}
+    }
+    dst.write(obj.kind(), obj.data())
+        .map_err(|e| remote_error("write an object", e))?;
+    Ok(())
+}
+
+fn file_entry(path: &str, id: Oid, len: usize) -> IndexEntry {
+    IndexEntry {
+        ctime: IndexTime::new(0, 0),
+        mtime: IndexTime::new(0, 0),
+        dev: 0,
+        ino: 0,
+        mode: 0o100644,
+        uid: 0,
+        gid: 0,
+        file_size: u32::try_from(len).unwrap_or(u32::MAX),
+        id,
+        flags: 0,
+        flags_extended: 0,
+        path: path.as_bytes().to_vec(),
+    }
+}
+
+fn internal(what: &'static str, e: git2::Error) -> Error {
+    Error::internal(format!("git: {what} failed")).with_source(e)
+}
+
+/// Errors talking to the remote: network and transport trouble is
+/// UNAVAILABLE (retry later), anything else INTERNAL.
+fn remote_error(what: &'static str, e: git2::Error) -> Error {
+    let unreachable = matches!(
+        e.class(),
+        ErrorClass::Net | ErrorClass::Os | ErrorClass::Ssh | ErrorClass::Http | ErrorClass::Ssl
+    ) || matches!(e.code(), ErrorCode::NotFound | ErrorCode::Eof)
+        || e.class() == ErrorClass::Repository;
+    if e.code() == ErrorCode::NotFastForward {
+        return Error::aborted(format!("git {what} lost a race; retry")).with_source(e);
+    }
+    if unreachable {
+        Error::unavailable(format!("the git remote cannot be reached ({what})")).with_source(e)
+    } else {
+        Error::internal(format!("git {what} failed")).with_source(e)
+    }
+}
+
+/// Creates a bare repository at `dir` unless one exists (the default remote
+/// when none is configured). Blocking.
+pub fn ensure_bare_repo(dir: &Path) -> Result<()> {
+    if Repository::open_bare(dir).is_ok() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::internal("cannot create the default repository").with_source(e))?;
+    Repository::init_bare(dir)
+        .map(|_| ())
+        .map_err(|e| internal("creating the default repository", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path) -> GitStore {
+        let remote = dir.join("remote.git");
+        ensure_bare_repo(&remote).expect("remote");
+        GitStore::open(StoreOptions {
+            remote_url: format!("file://{}", remote.display()),
+            branch: "main".into(),
+            clone_dir: dir.join("clone.git"),
+            author_name: "t".into(),
+            author_email: "t@t".into(),
+            read_fetch_interval: Duration::ZERO,
+        })
+        .expect("store")
+    }
+
+    fn put(path: &str, content: &str) -> Edit {
+        Edit {
+            message: format!("put {path}"),
+            changes: vec![Change::Put {
+                path: path.into(),
+                content: content.as_bytes().to_vec(),
+            }],
+        }
+    }
+
+    /// Another writer's commit straight into the remote branch.
+    fn commit_behind_our_back(remote: &Path, n: u32) {
+        let repo = Repository::open_bare(remote).expect("open remote");
+        let sig = Signature::now("other", "o@o").expect("sig");
+        let parent = repo
+            .find_reference("refs/heads/main")
+            .ok()
+            .and_then(|r| r.peel_to_commit().ok());
+        let mut index = Index::new().expect("index");
+        if let Some(p) = &parent {
+            index.read_tree(&p.tree().expect("tree")).expect("read");
+        }
+        let blob = repo.blob(format!("{n}").as_bytes()).expect("blob");
+        index
+            .add(&file_entry(&format!("other/{n}"), blob, 1))
+            .expect("add");
+        let tree = repo
+            .find_tree(index.write_tree_to(&repo).expect("write"))
+            .expect("tree");
+        let parents: Vec<&Commit<'_>> = parent.iter().collect();
+        repo.commit(
+            Some("refs/heads/main"),
+            &sig,
+            &sig,
+            "other",
+            &tree,
+            &parents,
+        )
+        .expect("commit");
+    }
+
+    #[test]
+    fn writes_and_reads_go_through_the_remote() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        s.write(|_| Ok(Some(put("a/b", "x")))).expect("write");
+        let got = s.read(|snap| snap.read("a/b")).expect("read");
+        assert_eq!(got.as_deref(), Some(&b"x"[..]));
+        assert_eq!(s.read(|snap| snap.list("a")).expect("list"), vec!["b"]);
+    }
+
+    #[test]
+    fn deleting_a_directory_keeps_siblings_that_share_its_name_as_prefix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        s.write(|_| {
+            Ok(Some(Edit {
+                message: "two".into(),
+                changes: vec![
+                    Change::Put {
+                        path: "p/a/1".into(),
+                        content: b"a".to_vec(),
+                    },
+                    Change::Put {
+                        path: "p/ab/1".into(),
+                        content: b"ab".to_vec(),
+                    },
+                ],
+            }))
+        })
+        .expect("write");
+        s.write(|_| {
+            Ok(Some(Edit {
+                message: "rm".into(),
+                changes: vec![Change::DeleteDir { path: "p/a".into() }],
+            }))
+        })
+        .expect("delete");
+        assert_eq!(s.read(|snap| snap.list("p")).expect("list"), vec!["ab"]);
+    }
+
+    #[test]
+    fn a_lost_race_is_retried_on_the_new_tip_with_the_checks_rerun() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        let remote = dir.path().join("remote.git");
+        let mut calls = 0;
+        s.write(|snap| {
+            calls += 1;
+            if calls == 1 {
+                // Someone else wins between our fetch and our push.
+                commit_behind_our_back(&remote, 1);
+            } else {
+                // The retry sees the other writer's file.
+                assert!(snap.read("other/1")?.is_some());
+            }
+            Ok(Some(put("mine", "y")))
+        })
+        .expect("write");
+        assert_eq!(calls, 2);
+        let (theirs, mine) = s
+            .read(|snap| Ok((snap.read("other/1")?, snap.read("mine")?)))
+            .expect("read");
+        assert!(theirs.is_some() && mine.is_some(), "a write was lost");
+    }
+
+    #[test]
+    fn endless_conflicts_end_in_aborted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        let remote = dir.path().join("remote.git");
+        let mut n = 0;
+        let err = s
+            .write(|_| {
+                n += 1;
+                commit_behind_our_back(&remote, n);
+                Ok(Some(put("mine", "y")))
+            })
+            .expect_err("aborted");
+        assert_eq!(err.kind(), shared::ErrorKind::Aborted);
+        assert_eq!(n, MAX_ATTEMPTS);
+    }
+
+    #[test]
+    fn an_unreachable_remote_is_unavailable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        std::fs::remove_dir_all(dir.path().join("remote.git")).expect("rm");
+        let err = s.read(|_| Ok(())).expect_err("unreachable");
+        assert_eq!(err.kind(), shared::ErrorKind::Unavailable);
+        assert_eq!(
+            s.ping().expect_err("ping").kind(),
+            shared::ErrorKind::Unavailable
+        );
+    }
+
+    #[test]
+    fn file_urls_and_absolute_paths_are_local_remotes() {
+        assert_eq!(
+            local_path("file:///srv/git/x.git"),
+            Some(PathBuf::from("/srv/git/x.git"))
+        );
+        assert_eq!(
+            local_path("/srv/git/x.git"),
+            Some(PathBuf::from("/srv/git/x.git"))
+        );
+        assert_eq!(local_path("git://host/x.git"), None);
+        assert_eq!(local_path("https://host/x.git"), None);
+    }
+}

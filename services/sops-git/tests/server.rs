@@ -1,0 +1,403 @@
+//! The real binary against real Git remotes (file:// and `git daemon`).
+
+mod support;
+
+use std::{process::Command, sync::Arc};
+
+use support::{age_keygen, bare_repo, git, git_daemon, run_suite, sops_bin, start_backend, target};
+use tonic::Code;
+
+fn assert_suite_clean(report: &conformance::Report) {
+    assert_eq!(
+        report.failures(),
+        Vec::<&str>::new(),
+        "{}",
+        report.summary()
+    );
+    assert!(report.passed() >= 40, "only {} cases ran", report.passed());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conformance_suite_passes_over_a_file_remote() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let remote = bare_repo(dir.path(), "remote.git");
+    let backend = start_backend(&dir.path().join("data"), &[("APP_GIT_REMOTE", &remote)]).await;
+    assert_suite_clean(&run_suite(&backend.url).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conformance_suite_passes_over_git_daemon() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    bare_repo(dir.path(), "remote.git");
+    let (_daemon, base) = git_daemon(dir.path()).await;
+    let remote = format!("{base}/remote.git");
+    let backend = start_backend(&dir.path().join("data"), &[("APP_GIT_REMOTE", &remote)]).await;
+    assert_suite_clean(&run_suite(&backend.url).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn default_start_creates_a_local_repository_and_an_age_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let backend = start_backend(&data, &[]).await;
+    let t = target(&backend.url).await;
+    t.create("first", b"\"hello\"").await.expect("create");
+    assert_eq!(&t.get("first", 1).await.expect("get")[..], b"\"hello\"");
+    assert!(data.join("age.key").is_file());
+    assert!(data.join("remote.git").is_dir());
+    let key = std::fs::read_to_string(data.join("age.key")).expect("key");
+    assert!(key.contains("AGE-SECRET-KEY-"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_in_the_repository_decrypt_with_real_sops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let remote = bare_repo(dir.path(), "remote.git");
+    let (key_file, _) = age_keygen(dir.path());
+    let key = key_file.to_string_lossy().into_owned();
+    let backend = start_backend(
+        &dir.path().join("data"),
+        &[
+            ("APP_GIT_REMOTE", &remote),
+            ("APP_SOPS_AGE_KEY_FILE", &key),
+            ("APP_GIT_PREFIX", "secrets/prod"),
+        ],
+    )
+    .await;
+    let t = target(&backend.url).await;
+    t.create("db", b"{\"password\":\"s3cr3t\"}")
+        .await
+        .expect("create");
+    t.update("db", 2, b"{\"password\":\"n3w\"}", None)
+        .await
+        .expect("update");
+
+    let checkout = dir.path().join("checkout");
+    git(
+        dir.path(),
+        &["clone", "-q", "-b", "main", &remote, "checkout"],
+    );
+    let log = git(&checkout, &["log", "--format=%s"]);
+    assert!(log.contains("update type instance db revision 2"), "{log}");
+    assert!(!log.contains("n3w"));
+    for (file, want) in [
+        ("1.sops.yaml", "{\"password\":\"s3cr3t\"}"),
+        ("2.sops.yaml", "{\"password\":\"n3w\"}"),
+        ("latest.sops.yaml", "{\"password\":\"n3w\"}"),
+    ] {
+        let path = checkout.join("secrets/prod/db").join(file);
+        let raw = std::fs::read_to_string(&path).expect("file in layout");
+        assert!(!raw.contains("s3cr3t") && !raw.contains("n3w"));
+        let out = Command::new(sops_bin())
+            .env("SOPS_DISABLE_VERSION_CHECK", "1")
+            .env("SOPS_AGE_KEY_FILE", &key_file)
+            .args(["-d", "--extract", "[\"value\"]"])
+            .arg(&path)
+            .output()
+            .expect("sops runs");
+        assert!(out.status.success(), "sops -d {file} failed");
+        let b64 = String::from_utf8(out.stdout).expect("utf-8");
+        use base64::Engine;
+        let value = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .expect("base64");
+        assert_eq!(value, want.as_bytes(), "{file}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_written_by_real_sops_in_our_layout_is_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let remote = bare_repo(dir.path(), "remote.git");
+    let (key_file, identity) = age_keygen(dir.path());
+    let key = key_file.to_string_lossy().into_owned();
+    let checkout = dir.path().join("checkout");
+    git(dir.path(), &["clone", "-q", &remote, "checkout"]);
+    git(&checkout, &["checkout", "-q", "-b", "main"]);
+    let ti = checkout.join("typeinstances/handmade");
+    std::fs::create_dir_all(&ti).expect("mkdir");
+    std::fs::write(ti.join("1.yaml"), "value: aGFuZG1hZGU=\n").expect("write");
+    let out = Command::new(sops_bin())
+        .env("SOPS_DISABLE_VERSION_CHECK", "1")
+        .args(["-e", "--age", &identity.to_public().to_string()])
+        .arg(ti.join("1.yaml"))
+        .output()
+        .expect("sops runs");
+    assert!(out.status.success());
+    std::fs::write(ti.join("1.sops.yaml"), &out.stdout).expect("write");
+    std::fs::remove_file(ti.join("1.yaml")).expect("rm");
+    git(&checkout, &["add", "."]);
+    git(
+        &checkout,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "-m",
+            "by hand",
+        ],
+    );
+    git(&checkout, &["push", "-q", "origin", "main"]);
+
+    let backend = start_backend(
+        &dir.path().join("data"),
+        &[("APP_GIT_REMOTE", &remote), ("APP_SOPS_AGE_KEY_FILE", &key)],
+    )
+    .await;
+    let t = target(&backend.url).await;
+    assert_eq!(&t.get("handmade", 1).await.expect("get")[..], b"handmade");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_keeps_every_revision_and_the_lock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let remote = bare_repo(dir.path(), "remote.git");
+    let data = dir.path().join("data");
+    let env = [("APP_GIT_REMOTE", remote.as_str())];
+    {
+        let backend = start_backend(&data, &env).await;
+        let t = target(&backend.url).await;
+        t.create("kept", b"one").await.expect("create");
+        t.update("kept", 2, b"two", None).await.expect("update");
+        t.lock("kept", "alice").await.expect("lock");
+    }
+    // A fresh data directory too: state lives only in the remote, but the
+    // key must be the same one, so reuse the generated key file.
+    let backend = start_backend(&data, &env).await;
+    let t = target(&backend.url).await;
+    assert_eq!(&t.get("kept", 1).await.expect("rev 1")[..], b"one");
+    assert_eq!(&t.get("kept", 2).await.expect("rev 2")[..], b"two");
+    assert_eq!(
+        t.locked_by("kept").await.expect("lock"),
+        Some("alice".into())
+    );
+
+    let other_data = dir.path().join("other");
+    std::fs::create_dir_all(&other_data).expect("mkdir");
+    let key = data.join("age.key").to_string_lossy().into_owned();
+    let fresh = start_backend(
+        &other_data,
+        &[("APP_GIT_REMOTE", &remote), ("APP_SOPS_AGE_KEY_FILE", &key)],
+    )
+    .await;
+    let t = target(&fresh.url).await;
+    assert_eq!(
+        &t.get("kept", 2).await.expect("rev 2 from a new clone")[..],
+        b"two"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_processes_sharing_a_file_remote_never_lose_a_revision() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let remote = bare_repo(dir.path(), "remote.git");
+    two_writers(dir.path(), &remote).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_processes_sharing_a_git_daemon_remote_never_lose_a_revision() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    bare_repo(dir.path(), "remote.git");
+    let (_daemon, base) = git_daemon(dir.path()).await;
+    two_writers(dir.path(), &format!("{base}/remote.git")).await;
+}
+
+async fn two_writers(dir: &std::path::Path, remote: &str) {
+    let (key_file, _) = age_keygen(dir);
+    let key = key_file.to_string_lossy().into_owned();
+    let env = [("APP_GIT_REMOTE", remote), ("APP_SOPS_AGE_KEY_FILE", &key)];
+    let a = start_backend(&dir.join("a"), &env).await;
+    let b = start_backend(&dir.join("b"), &env).await;
+    let (ta, tb) = (
+        Arc::new(target(&a.url).await),
+        Arc::new(target(&b.url).await),
+    );
+
+    // Distinct TypeInstances created concurrently through both processes.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        for (name, t) in [("a", Arc::clone(&ta)), ("b", Arc::clone(&tb))] {
+            tasks.push(tokio::spawn(async move {
+                let id = format!("{name}-{i}");
+                t.create(&id, id.as_bytes()).await.map(|_| id)
+            }));
+        }
+    }
+    for task in tasks {
+        let id = task.await.expect("join").expect("every create succeeds");
+        for t in [&ta, &tb] {
+            assert_eq!(
+                &t.get(&id, 1).await.expect("visible in both")[..],
+                id.as_bytes()
+            );
+        }
+    }
+
+    // The same next revision from both processes: exactly one wins each round.
+    ta.create("shared", b"r1").await.expect("create");
+    for rev in 2..=6u32 {
+        let (va, vb) = (format!("a{rev}"), format!("b{rev}"));
+        let (ra, rb) = tokio::join!(
+            ta.update("shared", rev, va.as_bytes(), None),
+            tb.update("shared", rev, vb.as_bytes(), None)
+        );
+        let winners = [&ra, &rb].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(winners, 1, "revision {rev}: {ra:?} / {rb:?}");
+        let loser = if ra.is_ok() { rb } else { ra };
+        assert_eq!(loser.expect_err("loser").code(), Code::AlreadyExists);
+        let stored = tb.get("shared", rev).await.expect("stored");
+        assert!(&stored[..] == va.as_bytes() || &stored[..] == vb.as_bytes());
+    }
+    for rev in 1..=6 {
+        ta.get("shared", rev).await.expect("no revision lost");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tampered_file_is_data_loss_and_others_keep_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let remote = bare_repo(dir.path(), "remote.git");
+    let backend = start_backend(&dir.path().join("data"), &[("APP_GIT_REMOTE", &remote)]).await;
+    let t = target(&backend.url).await;
+    t.create("victim", b"secret-one").await.expect("create");
+    t.create("bystander", b"fine").await.expect("create");
+
+    let checkout = dir.path().join("checkout");
+    git(
+        dir.path(),
+        &["clone", "-q", "-b", "main", &remote, "checkout"],
+    );
+    let path = checkout.join("typeinstances/victim/1.sops.yaml");
+    let doc = std::fs::read_to_string(&path).expect("read");
+    let first = doc.lines().next().expect("line").to_owned();
+    // A different value in plaintext: every ciphertext stays valid, only
+    // the MAC can tell.
+    std::fs::write(&path, doc.replace(&first, "value: b3RoZXI=")).expect("write");
+    std::fs::write(checkout.join("typeinstances/bystander/lock"), "").ok();
+    git(&checkout, &["add", "typeinstances/victim"]);
+    git(
+        &checkout,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "-m",
+            "tamper",
+        ],
+    );
+    git(&checkout, &["push", "-q", "origin", "main"]);
+
+    let err = t.get("victim", 1).await.expect_err("tampered");
+    assert_eq!(err.code(), Code::DataLoss);
+    assert!(!err.message().contains("secret") && !err.message().contains("other"));
+    assert_eq!(
+        &t.get("bystander", 1).await.expect("others served")[..],
+        b"fine"
+    );
+
+    // Garbage that is not YAML at all is DATA_LOSS too.
+    std::fs::write(&path, ":::: not yaml [").expect("write");
+    git(
+        &checkout,
+        &["commit", "-q", "-a", "-m", "garbage", "--author=t <t@t>"],
+    );
+    git(
+        &checkout,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "push",
+            "-q",
+            "origin",
+            "main",
+        ],
+    );
+    assert_eq!(
+        t.get("victim", 1).await.expect_err("garbage").code(),
+        Code::DataLoss
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_is_serving_while_the_remote_answers() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let remote = bare_repo(dir.path(), "remote.git");
+    let backend = start_backend(&dir.path().join("data"), &[("APP_GIT_REMOTE", &remote)]).await;
+    let channel = conformance::Connect::plain(&backend.url)
+        .channel()
+        .await
+        .expect("connect");
+    let mut client = HealthClient::new(channel);
+    let status = |c: &mut HealthClient<tonic::transport::Channel>| {
+        let mut c = c.clone();
+        async move {
+            c.check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+            .unwrap_or(ServingStatus::Unknown as i32)
+        }
+    };
+    let mut serving = false;
+    for _ in 0..50 {
+        if status(&mut client).await == ServingStatus::Serving as i32 {
+            serving = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(serving, "never SERVING");
+
+    // Remove the remote: health turns NOT_SERVING after the threshold.
+    std::fs::remove_dir_all(dir.path().join("remote.git")).expect("rm remote");
+    let mut down = false;
+    for _ in 0..100 {
+        if status(&mut client).await == ServingStatus::NotServing as i32 {
+            down = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(down, "still SERVING without a remote");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ids_that_git_treats_specially_are_stored_like_any_other() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let remote = bare_repo(dir.path(), "remote.git");
+    let backend = start_backend(&dir.path().join("data"), &[("APP_GIT_REMOTE", &remote)]).await;
+    let t = target(&backend.url).await;
+    for id in [
+        ".git",
+        ".GIT",
+        ".git.",
+        "a.",
+        "..a",
+        ".gitmodules",
+        ".gitattributes",
+        "git",
+        "GIT.",
+        "lock",
+        "latest.sops.yaml",
+    ] {
+        t.create(id, id.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("create {id}: {e:?}"));
+        t.update(id, 2, b"two", None)
+            .await
+            .unwrap_or_else(|e| panic!("update {id}: {e:?}"));
+        assert_eq!(&t.get(id, 1).await.expect("get")[..], id.as_bytes(), "{id}");
+    }
+}
