@@ -17,7 +17,12 @@ pub fn init(format: LogFormat, level: &str, quiet: &[&str]) -> Result<(), String
     }
     let filter = EnvFilter::try_new(&directives)
         .map_err(|e| format!("APP_LOG_LEVEL '{level}' is not a valid filter: {e}"))?;
-    let builder = fmt().with_env_filter(filter).with_target(true);
+    // Colour only on a terminal: log collectors would store escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_target(true)
+        .with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
