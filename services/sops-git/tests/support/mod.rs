@@ -96,9 +96,16 @@ async fn wait_for_port(port: u16, child: &mut std::process::Child, what: &str) {
 /// returns the process and the git:// base URL.
 pub async fn git_daemon(base: &Path) -> (Child, String) {
     let port = free_port();
-    let mut child = Command::new("git")
+    // Run git-daemon itself: `git daemon` would fork it as a grandchild
+    // that outlives the kill of the `git` wrapper.
+    let exec_path = Command::new("git")
+        .arg("--exec-path")
+        .output()
+        .expect("git --exec-path");
+    let daemon =
+        PathBuf::from(String::from_utf8_lossy(&exec_path.stdout).trim()).join("git-daemon");
+    let mut child = Command::new(daemon)
         .args([
-            "daemon",
             "--reuseaddr",
             "--export-all",
             "--enable=receive-pack",
