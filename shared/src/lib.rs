@@ -6,6 +6,7 @@
 //! graceful shutdown. No store SDK is ever a dependency of this crate.
 
 pub mod backend;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod grpc;

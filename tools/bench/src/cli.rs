@@ -13,8 +13,9 @@ use std::{
 use bytes::Bytes;
 use clap::{Args, Parser, ValueEnum};
 use futures::{StreamExt, stream};
-use storagectl::{Client, Connect, Context, Error};
-use tonic::Code;
+use shared::client::{Client, Context};
+use storagectl::{ConnectArgs, Error};
+use tonic::{Code, Status};
 
 use crate::{Report, RunOptions, Stats};
 
@@ -23,7 +24,7 @@ use crate::{Report, RunOptions, Stats};
 #[command(name = "storage-bench", version)]
 pub struct Cli {
     #[command(flatten)]
-    pub connect: Connect,
+    pub connect: ConnectArgs,
 
     /// Operation to measure. get: GetValue of revision 1; update: OnUpdate
     /// of the worker's own TypeInstance with increasing revisions; create:
@@ -184,7 +185,7 @@ impl Bench {
     /// Creates the pool's TypeInstances; on failure deletes what it made.
     async fn prepare(&self, n: usize, concurrency: usize) -> Result<Vec<String>, Error> {
         let ids: Vec<String> = (0..n).map(|i| self.pool_id(i)).collect();
-        let results: Vec<Result<(), Error>> = stream::iter(ids.iter())
+        let results: Vec<Result<(), Status>> = stream::iter(ids.iter())
             .map(|id| async move {
                 self.client
                     .create(id, Some(self.value.clone()), self.context.clone())
@@ -196,13 +197,10 @@ impl Bench {
             .await;
         if let Some(err) = results.into_iter().find_map(Result::err) {
             self.cleanup(ids, concurrency).await;
-            return Err(match err {
-                Error::Status(s) => Error::Status(tonic::Status::new(
-                    s.code(),
-                    format!("preparing TypeInstances failed: {}", s.message()),
-                )),
-                other => Error::other(format!("preparing TypeInstances failed: {other}")),
-            });
+            return Err(Error::Status(Status::new(
+                err.code(),
+                format!("preparing TypeInstances failed: {}", err.message()),
+            )));
         }
         Ok(ids)
     }
@@ -220,7 +218,7 @@ impl Bench {
             .buffer_unordered(concurrency)
             .filter_map(|r| async move {
                 match r {
-                    Err(e) if e.code() != Some(Code::NotFound) => Some(e),
+                    Err(e) if e.code() != Code::NotFound => Some(Error::from(e)),
                     _ => None,
                 }
             })
@@ -245,7 +243,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
         warmup_ops: cli.warmup_ops,
     };
     options.check().map_err(Error::usage)?;
-    let client = Client::connect(&cli.connect).await?;
+    let client = cli.connect.connect().await?;
     let info = client.info().clone();
     if !info.accept_value {
         return Err(Error::usage(format!(
@@ -254,7 +252,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
         )));
     }
     let value = make_value(cli.value_size);
-    client.check_size(&value)?;
+    client.check_size(&value).map_err(Error::usage)?;
 
     // Unique per run, so that runs never collide and leftovers are easy to find.
     let run_id = uuid::Uuid::new_v4().simple().to_string();
@@ -355,12 +353,15 @@ async fn measure(
                     let (bench, ids) = (Arc::clone(&bench), Arc::clone(&ids));
                     async move {
                         let id = pick(&ids, seq)?;
-                        bench
-                            .client
-                            .get(id, 1, bench.context.clone())
-                            .await
-                            .map(drop)
-                            .map_err(message)
+                        // An unset value is a failed call, as in the Hub.
+                        match bench.client.get(id, 1, bench.context.clone()).await {
+                            Ok(Some(_)) => Ok(()),
+                            Ok(None) => Err(format!(
+                                "the {} backend answered GetValue without a value",
+                                bench.client.info().name
+                            )),
+                            Err(status) => Err(message(status.into())),
+                        }
                     }
                 },
                 options,
@@ -380,7 +381,7 @@ async fn measure(
                             .create(&id, Some(bench.value.clone()), bench.context.clone())
                             .await
                             .map(drop)
-                            .map_err(message)
+                            .map_err(|s| message(s.into()))
                     }
                 },
                 options,
@@ -435,6 +436,7 @@ async fn with_slot_update(bench: &Bench, slot: &mut Slot) -> Result<(), Error> {
         )
         .await
         .map(drop)
+        .map_err(Error::from)
 }
 
 /// Locks an unlocked slot, unlocks a locked one.

@@ -1,100 +1,32 @@
-//! A connection to the backend under test and typed helpers for each RPC,
-//! dispatching on the kind of service the backend serves.
-
-use std::{path::PathBuf, time::Duration};
+//! The backend under test and typed helpers for each RPC, on top of
+//! [`shared::client::Client`], which dispatches on the kind of service the
+//! backend serves. The helpers send the suite's valid context with every call
+//! and hand each case the raw gRPC status.
 
 use bytes::Bytes;
 use serde_json::Value as Json;
-use shared::proto::{
-    info::{DescribeRequest, DescribeResponse, backend_info_client::BackendInfoClient},
-    storage_backend::{
-        self as pb, context_storage_backend_client::ContextStorageBackendClient,
-        value_and_context_storage_backend_client::ValueAndContextStorageBackendClient,
-    },
+use shared::{
+    client::{Client, Timeouts},
+    proto::info::DescribeResponse,
 };
-use tonic::{
-    Status,
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
-};
+use tonic::Status;
 
 /// How to reach the backend under test.
-#[derive(Clone, Debug, Default)]
-pub struct Connect {
-    /// `host:port`, `http://host:port` or `https://host:port`.
-    pub url: String,
-    pub tls_ca: Option<PathBuf>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub tls_domain: Option<String>,
-}
-
-impl Connect {
-    pub fn plain(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            ..Self::default()
-        }
-    }
-
-    pub async fn channel(&self) -> Result<Channel, String> {
-        let tls =
-            self.url.starts_with("https://") || self.tls_ca.is_some() || self.tls_cert.is_some();
-        let url = if self.url.contains("://") {
-            self.url.clone()
-        } else if tls {
-            format!("https://{}", self.url)
-        } else {
-            format!("http://{}", self.url)
-        };
-        let mut endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| format!("invalid url {url}: {e}"))?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60));
-        if tls {
-            let read = |p: &PathBuf| {
-                std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
-            };
-            let mut cfg = ClientTlsConfig::new();
-            if let Some(ca) = &self.tls_ca {
-                cfg = cfg.ca_certificate(Certificate::from_pem(read(ca)?));
-            }
-            if let (Some(c), Some(k)) = (&self.tls_cert, &self.tls_key) {
-                cfg = cfg.identity(Identity::from_pem(read(c)?, read(k)?));
-            }
-            if let Some(d) = &self.tls_domain {
-                cfg = cfg.domain_name(d.clone());
-            }
-            endpoint = endpoint
-                .tls_config(cfg)
-                .map_err(|e| format!("tls setup failed: {e}"))?;
-        }
-        endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("cannot connect to {url}: {e}"))
-    }
-}
+pub use shared::client::Connect;
 
 /// The backend under test.
 pub struct Target {
-    channel: Channel,
-    describe: DescribeResponse,
+    client: Client,
     context: Option<Json>,
     prefix: String,
 }
-
-const MAX_MESSAGE: usize = 64 << 20;
 
 impl Target {
     /// Connects and asks the backend what it is. `context` is sent with every
     /// valid call (required for backends whose schema needs one).
     pub async fn connect(connect: &Connect, context: Option<Json>) -> Result<Self, String> {
-        let channel = connect.channel().await?;
-        let describe = BackendInfoClient::new(channel.clone())
-            .describe(DescribeRequest {})
-            .await
-            .map_err(|s| format!("Describe failed: {:?}: {}", s.code(), s.message()))?
-            .into_inner();
+        let client = Client::connect(connect, Timeouts::default()).await?;
+        let describe = client.info();
         if describe.context_required && context.is_none() {
             return Err(format!(
                 "the {} backend requires a context: pass one with --context",
@@ -103,23 +35,22 @@ impl Target {
         }
         let run = uuid::Uuid::new_v4().simple().to_string();
         Ok(Self {
-            channel,
-            describe,
+            client,
             context,
             prefix: format!("cf-{}", &run[..10]),
         })
     }
 
     pub fn describe(&self) -> &DescribeResponse {
-        &self.describe
+        self.client.info()
     }
 
     pub fn accept_value(&self) -> bool {
-        self.describe.accept_value
+        self.client.accept_value()
     }
 
     pub fn schema(&self) -> Option<Json> {
-        serde_json::from_str(&self.describe.context_schema).ok()
+        serde_json::from_str(&self.describe().context_schema).ok()
     }
 
     /// A fresh TypeInstance id for one case.
@@ -134,16 +65,16 @@ impl Target {
             .unwrap_or_default()
     }
 
-    fn value_client(&self) -> ValueAndContextStorageBackendClient<Channel> {
-        ValueAndContextStorageBackendClient::new(self.channel.clone())
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE)
+    /// The valid context as it goes on the wire: always set, empty when the
+    /// suite has none.
+    fn context(&self) -> Option<Bytes> {
+        Some(self.context_bytes())
     }
 
-    fn context_client(&self) -> ContextStorageBackendClient<Channel> {
-        ContextStorageBackendClient::new(self.channel.clone())
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE)
+    /// The value as sent: context backends take none, so it is dropped for
+    /// them and a case can write the same calls for both kinds.
+    fn value(&self, value: &[u8]) -> Option<Bytes> {
+        self.accept_value().then(|| Bytes::copy_from_slice(value))
     }
 
     pub async fn create(&self, id: &str, value: &[u8]) -> Result<Option<Bytes>, Status> {
@@ -157,23 +88,9 @@ impl Target {
         value: &[u8],
         context: Bytes,
     ) -> Result<Option<Bytes>, Status> {
-        let resp = if self.accept_value() {
-            self.value_client()
-                .on_create(pb::OnCreateValueAndContextRequest {
-                    type_instance_id: id.into(),
-                    value: Bytes::copy_from_slice(value),
-                    context: Some(context),
-                })
-                .await?
-        } else {
-            self.context_client()
-                .on_create(pb::OnCreateRequest {
-                    type_instance_id: id.into(),
-                    context,
-                })
-                .await?
-        };
-        Ok(resp.into_inner().context)
+        self.client
+            .create(id, self.value(value), Some(context))
+            .await
     }
 
     pub async fn update(
@@ -183,28 +100,16 @@ impl Target {
         value: &[u8],
         owner: Option<&str>,
     ) -> Result<(), Status> {
-        let owner_id = owner.map(str::to_owned);
-        if self.accept_value() {
-            self.value_client()
-                .on_update(pb::OnUpdateValueAndContextRequest {
-                    type_instance_id: id.into(),
-                    new_resource_version: revision,
-                    new_value: Bytes::copy_from_slice(value),
-                    context: Some(self.context_bytes()),
-                    owner_id,
-                })
-                .await?;
-        } else {
-            self.context_client()
-                .on_update(pb::OnUpdateRequest {
-                    type_instance_id: id.into(),
-                    new_resource_version: revision,
-                    context: self.context_bytes(),
-                    owner_id,
-                })
-                .await?;
-        }
-        Ok(())
+        self.client
+            .update(
+                id,
+                revision,
+                self.value(value),
+                self.context(),
+                owner.map(str::to_owned),
+            )
+            .await
+            .map(drop)
     }
 
     /// GetValue; an unset `value` in the response is an error of its own.
@@ -213,109 +118,46 @@ impl Target {
     }
 
     pub async fn get_with(&self, id: &str, revision: u32, context: Bytes) -> Result<Bytes, Status> {
-        let req = pb::GetValueRequest {
-            type_instance_id: id.into(),
-            resource_version: revision,
-            context,
-        };
-        let resp = if self.accept_value() {
-            self.value_client().get_value(req).await?
-        } else {
-            self.context_client().get_value(req).await?
-        };
-        resp.into_inner()
-            .value
+        self.client
+            .get(id, revision, Some(context))
+            .await?
             .ok_or_else(|| Status::unknown("conformance: GetValueResponse.value is unset"))
     }
 
     pub async fn delete(&self, id: &str, owner: Option<&str>) -> Result<(), Status> {
-        let owner_id = owner.map(str::to_owned);
-        if self.accept_value() {
-            self.value_client()
-                .on_delete(pb::OnDeleteValueAndContextRequest {
-                    type_instance_id: id.into(),
-                    context: Some(self.context_bytes()),
-                    owner_id,
-                })
-                .await?;
-        } else {
-            self.context_client()
-                .on_delete(pb::OnDeleteRequest {
-                    type_instance_id: id.into(),
-                    context: self.context_bytes(),
-                    owner_id,
-                })
-                .await?;
-        }
-        Ok(())
+        self.client
+            .delete(id, self.context(), owner.map(str::to_owned))
+            .await
     }
 
+    /// The context service's OnDeleteRevision carries no context, so none is
+    /// sent to a context backend.
     pub async fn delete_revision(
         &self,
         id: &str,
         revision: u32,
         owner: Option<&str>,
     ) -> Result<(), Status> {
-        let owner_id = owner.map(str::to_owned);
-        if self.accept_value() {
-            self.value_client()
-                .on_delete_revision(pb::OnDeleteRevisionValueAndContextRequest {
-                    type_instance_id: id.into(),
-                    context: Some(self.context_bytes()),
-                    owner_id,
-                    resource_version: revision,
-                })
-                .await?;
+        let context = if self.accept_value() {
+            self.context()
         } else {
-            self.context_client()
-                .on_delete_revision(pb::OnDeleteRevisionRequest {
-                    type_instance_id: id.into(),
-                    owner_id,
-                    resource_version: revision,
-                })
-                .await?;
-        }
-        Ok(())
+            None
+        };
+        self.client
+            .delete_revision(id, revision, context, owner.map(str::to_owned))
+            .await
     }
 
     pub async fn lock(&self, id: &str, owner: &str) -> Result<(), Status> {
-        let req = pb::OnLockRequest {
-            type_instance_id: id.into(),
-            context: self.context_bytes(),
-            locked_by: owner.into(),
-        };
-        if self.accept_value() {
-            self.value_client().on_lock(req).await?;
-        } else {
-            self.context_client().on_lock(req).await?;
-        }
-        Ok(())
+        self.client.lock(id, owner, self.context()).await
     }
 
     pub async fn unlock(&self, id: &str) -> Result<(), Status> {
-        let req = pb::OnUnlockRequest {
-            type_instance_id: id.into(),
-            context: self.context_bytes(),
-        };
-        if self.accept_value() {
-            self.value_client().on_unlock(req).await?;
-        } else {
-            self.context_client().on_unlock(req).await?;
-        }
-        Ok(())
+        self.client.unlock(id, self.context()).await
     }
 
     pub async fn locked_by(&self, id: &str) -> Result<Option<String>, Status> {
-        let req = pb::GetLockedByRequest {
-            type_instance_id: id.into(),
-            context: self.context_bytes(),
-        };
-        let resp = if self.accept_value() {
-            self.value_client().get_locked_by(req).await?
-        } else {
-            self.context_client().get_locked_by(req).await?
-        };
-        Ok(resp.into_inner().locked_by)
+        self.client.locked_by(id, self.context()).await
     }
 
     /// Best-effort removal of what a case left behind.

@@ -1,16 +1,17 @@
-//! How to reach a backend: address, TLS and timeout, as flags and env vars.
+//! How to reach a backend, as flags and env vars. Connecting itself is
+//! [`shared::client`]'s: these arguments only turn into its settings.
 
 use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use shared::client::{Client, Connect, Timeouts};
 
-use crate::error::{Error, chain};
+use crate::error::Error;
 
-/// Connection settings shared by `storagectl` and `storage-bench`.
+/// Connection flags shared by `storagectl` and `storage-bench`.
 #[derive(Args, Clone, Debug)]
 #[command(next_help_heading = "Connection")]
-pub struct Connect {
+pub struct ConnectArgs {
     /// Backend address: `host:port`, `http://host:port` or `https://host:port`.
     #[arg(
         long,
@@ -41,121 +42,58 @@ pub struct Connect {
     pub timeout: Duration,
 }
 
-impl Connect {
-    pub fn plain(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            tls_ca: None,
-            tls_cert: None,
-            tls_key: None,
-            tls_domain: None,
-            timeout: Duration::from_secs(30),
+impl ConnectArgs {
+    /// The settings [`shared::client`] connects with.
+    pub fn settings(&self) -> Connect {
+        Connect {
+            url: self.url.clone(),
+            tls_ca: self.tls_ca.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_domain: self.tls_domain.clone(),
         }
     }
 
-    /// TLS is on for an `https://` URL or as soon as any TLS file is given.
-    pub fn tls(&self) -> bool {
-        self.url.starts_with("https://") || self.tls_ca.is_some() || self.tls_cert.is_some()
+    /// One deadline for connecting and for each call.
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts::both(self.timeout)
     }
 
-    /// The URL tonic dials, with the scheme made explicit.
-    pub fn endpoint_url(&self) -> Result<String, Error> {
-        if self.url.is_empty() {
-            return Err(Error::usage("--url is empty"));
-        }
-        if let Some((scheme, _)) = self.url.split_once("://") {
-            return match scheme {
-                "http" if self.tls() => Err(Error::usage(
-                    "TLS options were given but --url starts with http://: use https:// or host:port",
-                )),
-                "http" | "https" => Ok(self.url.clone()),
-                _ => Err(Error::usage(format!(
-                    "--url scheme {scheme}:// is not supported: use host:port, http:// or https://"
-                ))),
-            };
-        }
-        let scheme = if self.tls() { "https" } else { "http" };
-        Ok(format!("{scheme}://{}", self.url))
+    /// Connects and calls Describe; bad settings are usage errors.
+    pub async fn connect(&self) -> Result<Client, Error> {
+        Ok(Client::connect(&self.settings(), self.timeouts()).await?)
     }
+}
 
-    fn endpoint(&self) -> Result<Endpoint, Error> {
-        let url = self.endpoint_url()?;
-        let mut endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| Error::usage(format!("invalid --url {url}: {}", chain(&e))))?
-            .connect_timeout(self.timeout)
-            .timeout(self.timeout);
-        if self.tls() {
-            endpoint = endpoint
-                .tls_config(self.tls_config()?)
-                .map_err(|e| Error::other(format!("tls setup failed: {}", chain(&e))))?;
-        }
-        Ok(endpoint)
-    }
-
-    fn tls_config(&self) -> Result<ClientTlsConfig, Error> {
-        let read = |p: &PathBuf| {
-            std::fs::read(p).map_err(|e| Error::other(format!("cannot read {}: {e}", p.display())))
-        };
-        // tonic is built without a bundle of public roots: an operator always
-        // names the CA of a backend's (usually private) certificate.
-        let ca = self.tls_ca.as_ref().ok_or_else(|| {
-            Error::usage("TLS needs --tls-ca: storagectl trusts no CA unless told which one")
-        })?;
-        let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
-        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
-            cfg = cfg.identity(Identity::from_pem(read(cert)?, read(key)?));
-        }
-        if let Some(domain) = &self.tls_domain {
-            cfg = cfg.domain_name(domain.clone());
-        }
-        Ok(cfg)
-    }
-
-    /// Connects now, so that an unreachable backend is reported as such and
-    /// not as the failure of the first call.
-    pub async fn channel(&self) -> Result<Channel, Error> {
-        let endpoint = self.endpoint()?;
-        let url = endpoint.uri().to_string();
-        endpoint
-            .connect()
-            .await
-            .map_err(|e| Error::other(format!("cannot connect to {url}: {}", chain(&e))))
+impl From<&ConnectArgs> for Connect {
+    fn from(args: &ConnectArgs) -> Self {
+        args.settings()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use shared::client::ConnectError;
+
     use super::*;
 
-    #[test]
-    fn host_port_gets_a_scheme() {
+    #[tokio::test]
+    async fn bad_settings_are_usage_errors() {
+        let args = ConnectArgs {
+            url: "https://b:1".into(),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_domain: None,
+            timeout: Duration::from_secs(1),
+        };
+        assert_eq!(args.settings(), Connect::plain("https://b:1"));
+        assert_eq!(args.timeouts(), Timeouts::both(Duration::from_secs(1)));
+        let err = args.connect().await.err();
+        assert!(matches!(err, Some(Error::Usage(_))), "{err:?}");
         assert_eq!(
-            Connect::plain("localhost:50051").endpoint_url().ok(),
-            Some("http://localhost:50051".to_owned())
+            Error::from(ConnectError::Failed("down".into())).exit_code(),
+            1
         );
-        let mut tls = Connect::plain("backend:443");
-        tls.tls_ca = Some("ca.pem".into());
-        assert_eq!(
-            tls.endpoint_url().ok(),
-            Some("https://backend:443".to_owned())
-        );
-    }
-
-    #[test]
-    fn explicit_schemes_are_kept_or_refused() {
-        assert_eq!(
-            Connect::plain("https://b:1").endpoint_url().ok(),
-            Some("https://b:1".to_owned())
-        );
-        assert!(Connect::plain("unix:///tmp/s").endpoint_url().is_err());
-        let mut mixed = Connect::plain("http://b:1");
-        mixed.tls_ca = Some("ca.pem".into());
-        assert!(mixed.endpoint_url().is_err());
-    }
-
-    #[test]
-    fn https_without_a_ca_is_a_usage_error() {
-        let err = Connect::plain("https://b:1").tls_config().err();
-        assert!(matches!(err, Some(Error::Usage(_))));
     }
 }

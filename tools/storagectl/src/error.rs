@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use shared::client::ConnectError;
 use tonic::{Code, Status};
 
 /// What went wrong, split by who has to act: the user (usage), the backend
@@ -37,6 +38,19 @@ impl Error {
         match self {
             Self::Status(s) => Some(s.code()),
             _ => None,
+        }
+    }
+}
+
+impl From<ConnectError> for Error {
+    fn from(err: ConnectError) -> Self {
+        match err {
+            ConnectError::Invalid(m) => Self::Usage(m),
+            ConnectError::Failed(m) => Self::Other(m),
+            ConnectError::Describe(s) => Self::Status(Status::new(
+                s.code(),
+                format!("Describe failed: {}", s.message()),
+            )),
         }
     }
 }
@@ -80,22 +94,6 @@ pub fn code_name(code: Code) -> &'static str {
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
     }
-}
-
-/// An error and its sources on one line: tonic's transport errors say little
-/// at the top ("transport error") and the cause sits further down the chain.
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

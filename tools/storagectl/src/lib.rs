@@ -5,7 +5,6 @@
 //! `BackendInfo/Describe`. Values are written to stdout only when asked for
 //! (`get`, `pre-create-value`) and never appear in an error.
 
-pub mod client;
 pub mod connect;
 pub mod error;
 pub mod registration;
@@ -20,10 +19,9 @@ use std::{
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value as Json, json};
-use shared::proto::info::DescribeResponse;
+use shared::{client::Client, proto::info::DescribeResponse};
 
-pub use client::{Client, Context};
-pub use connect::Connect;
+pub use connect::ConnectArgs;
 pub use error::Error;
 
 /// Hub-like client for Capact storage backends.
@@ -31,7 +29,7 @@ pub use error::Error;
 #[command(name = "storagectl", version)]
 pub struct Cli {
     #[command(flatten)]
-    pub connect: Connect,
+    pub connect: ConnectArgs,
 
     #[command(subcommand)]
     pub command: Command,
@@ -202,7 +200,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             registration::split_type_path(path)?;
         }
     }
-    let client = Client::connect(&cli.connect).await?;
+    let client = cli.connect.connect().await?;
     match cli.command {
         Command::Describe => {
             let mut text = yaml::pretty_json(&describe_json(client.info()));
@@ -214,7 +212,16 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             revision,
             context,
         } => {
-            let value = client.get(&id, revision, context.context).await?;
+            // An unset value fails, as it does in the Hub.
+            let value = client
+                .get(&id, revision, context.context)
+                .await?
+                .ok_or_else(|| {
+                    Error::other(format!(
+                        "the {} backend answered GetValue without a value",
+                        client.info().name
+                    ))
+                })?;
             write_stdout(&value)
         }
         Command::Create {
@@ -240,7 +247,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             print_context(returned)
         }
         Command::Delete { id, context, owner } => {
-            client.delete(&id, context.context, owner.owner).await
+            Ok(client.delete(&id, context.context, owner.owner).await?)
         }
         Command::DeleteRevision {
             id,
@@ -248,17 +255,29 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             context,
             owner,
         } => {
-            client
+            // The context service's request has no context field: a context
+            // given for a context backend is refused, not dropped.
+            if !client.accept_value() && context.context.is_some() {
+                return Err(Error::usage(
+                    "OnDeleteRevision of a context backend carries no context: omit --context",
+                ));
+            }
+            Ok(client
                 .delete_revision(&id, revision, context.context, owner.owner)
-                .await
+                .await?)
         }
-        Command::Lock { id, owner, context } => client.lock(&id, &owner, context.context).await,
-        Command::Unlock { id, context } => client.unlock(&id, context.context).await,
+        Command::Lock { id, owner, context } => {
+            Ok(client.lock(&id, &owner, context.context).await?)
+        }
+        Command::Unlock { id, context } => Ok(client.unlock(&id, context.context).await?),
         Command::LockedBy { id, context } => match client.locked_by(&id, context.context).await? {
             Some(owner) => write_stdout(format!("{owner}\n").as_bytes()),
             None => Ok(()),
         },
         Command::PreCreateValue { context } => {
+            if client.accept_value() {
+                return Err(Error::usage(client.context_only("pre-create-value")));
+            }
             match client.pre_create_value(Some(context)).await? {
                 Some(value) => write_stdout(&value),
                 None => Ok(()),
@@ -310,10 +329,7 @@ pub fn describe_json(info: &DescribeResponse) -> Json {
 fn read_value(client: &Client, file: Option<&Path>) -> Result<Option<Bytes>, Error> {
     if !client.accept_value() {
         return match file {
-            Some(_) => Err(Error::usage(format!(
-                "the {} backend stores no value (acceptValue: false): omit --value-file",
-                client.info().name
-            ))),
+            Some(_) => Err(Error::usage(client.value_refused("omit --value-file"))),
             None => Ok(None),
         };
     }
@@ -335,12 +351,15 @@ fn read_value(client: &Client, file: Option<&Path>) -> Result<Option<Bytes>, Err
             buf
         }
     };
-    client.check_size(&value)?;
+    // Refused here, before sending: the backend would refuse it too, after
+    // the whole value crossed the network.
+    client.check_size(&value).map_err(Error::usage)?;
     Ok(Some(Bytes::from(value)))
 }
 
+/// Prints the context the backend returned; an empty one is none.
 fn print_context(context: Option<Bytes>) -> Result<(), Error> {
-    match context {
+    match context.filter(|c| !c.is_empty()) {
         Some(context) => {
             let mut line = context.to_vec();
             line.push(b'\n');
