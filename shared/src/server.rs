@@ -266,7 +266,9 @@ async fn run<B: Backend>(
     );
 
     let mut server_stop = stop_rx.clone();
-    let server = router.serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+    // TCP_NODELAY: small unary responses otherwise wait ~40 ms for delayed ACKs.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = router.serve_with_incoming_shutdown(incoming, async move {
         let _ = server_stop.wait_for(|s| *s).await;
     });
     tokio::pin!(server);

@@ -1,0 +1,350 @@
+//! GetValue and OnUpdate through the `vault-backend` binary (gRPC) against
+//! the same KV v2 calls made directly with vaultrs, in one run, on a real
+//! OpenBao dev server (in memory, KV v2 at `secret/`).
+//!
+//! `cargo bench -p vault --bench direct` (needs `bao`: see tests/setup.sh).
+//! Rows, at concurrency 1 and 16, a fixed number of calls each:
+//! - `get cN backend`: GetValue of revision 1 through the backend;
+//! - `get cN direct`: a kv2 read of the same secret (`capact/<id>/rev/1`);
+//! - `update cN backend`: OnUpdate to the next revision, each worker on its
+//!   own TypeInstance;
+//! - `update cN direct`: one kv2 set with cas (the brief's "direct" write);
+//! - `update cN direct-3`: the three kv2 calls the backend makes for one
+//!   OnUpdate (read the head, set the head with cas, set the revision with
+//!   cas=0), to separate the gRPC hop from the layout's cost.
+//!
+//! Timings are printed, never asserted. Without `--bench` (e.g. `cargo test
+//! --benches`) it does nothing.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::{
+    process::ExitCode,
+    sync::{Arc, Mutex},
+};
+
+use base64::Engine as _;
+use bench::{Report, RunOptions, Stats, cli::make_value};
+use serde_json::{Map, Value as Json, json};
+use support::{BackendProcess, Bao, ROOT_TOKEN};
+use vaultrs::{
+    api::{self, kv2::requests::ReadSecretRequest, kv2::requests::SetSecretRequestOptions},
+    client::{VaultClient, VaultClientSettingsBuilder},
+};
+
+const MOUNT: &str = "secret";
+/// The backend's default `APP_VAULT_PATH_PREFIX`.
+const PREFIX: &str = "capact";
+const VALUE_SIZE: usize = 1024;
+const GET_OPS: u64 = 2000;
+const UPDATE_OPS: u64 = 600;
+const WARMUP_OPS: u64 = 50;
+const CONCURRENCY: [usize; 2] = [1, 16];
+/// TypeInstances read by the get rows (workers pick one by call number).
+const GET_IDS: usize = 16;
+
+fn main() -> ExitCode {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("vault direct bench: run it with `cargo bench -p vault --bench direct`");
+        return ExitCode::SUCCESS;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(bench_all()) {
+        Ok(report) => {
+            print!("{}", report.to_text());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Items handed to one worker at a time, so that no two calls share one.
+struct Pool<T>(Mutex<Vec<T>>);
+
+impl<T> Pool<T> {
+    fn new(items: Vec<T>) -> Arc<Self> {
+        Arc::new(Self(Mutex::new(items)))
+    }
+
+    fn take(&self) -> Result<T, String> {
+        self.0
+            .lock()
+            .map_err(|_| "pool poisoned".to_owned())?
+            .pop()
+            .ok_or_else(|| "pool empty".to_owned())
+    }
+
+    fn give(&self, item: T) {
+        if let Ok(mut items) = self.0.lock() {
+            items.push(item);
+        }
+    }
+}
+
+fn options(concurrency: usize, ops: u64) -> RunOptions {
+    RunOptions {
+        concurrency,
+        duration: None,
+        ops: Some(ops),
+        warmup_ops: WARMUP_OPS,
+    }
+}
+
+/// Fails when any call of a row failed: a ratio of failures means nothing.
+fn checked(name: &str, stats: Stats) -> Result<Stats, String> {
+    match (&stats.first_error, stats.errors) {
+        (Some(e), n) if n > 0 => Err(format!("{name}: {n} of {} calls failed: {e}", stats.ops)),
+        _ => Ok(stats),
+    }
+}
+
+/// The data of a revision secret, as the backend writes it.
+fn rev_data(value: &[u8]) -> Map<String, Json> {
+    let mut m = Map::new();
+    m.insert("managed_by".into(), json!("capact-storage"));
+    m.insert(
+        "value".into(),
+        json!(base64::engine::general_purpose::STANDARD.encode(value)),
+    );
+    m
+}
+
+fn head_data(latest: u64) -> Map<String, Json> {
+    let mut m = Map::new();
+    m.insert("managed_by".into(), json!("capact-storage"));
+    m.insert("latest".into(), json!(latest));
+    m.insert("lock".into(), Json::Null);
+    m.insert("deleting".into(), json!(false));
+    m
+}
+
+fn vault_client(addr: &str) -> Result<VaultClient, String> {
+    let settings = VaultClientSettingsBuilder::default()
+        .address(addr)
+        .token(ROOT_TOKEN)
+        .build()
+        .map_err(|e| format!("vault client settings: {e}"))?;
+    VaultClient::new(settings).map_err(|e| format!("vault client: {e}"))
+}
+
+async fn set_cas(
+    client: &VaultClient,
+    path: &str,
+    data: &Map<String, Json>,
+    cas: u64,
+) -> Result<u64, String> {
+    let cas = u32::try_from(cas).map_err(|_| "cas above u32".to_owned())?;
+    vaultrs::kv2::set_with_options(client, MOUNT, path, data, SetSecretRequestOptions { cas })
+        .await
+        .map(|m| m.version)
+        .map_err(|e| format!("set {path}: {e}"))
+}
+
+async fn bench_all() -> Result<Report, String> {
+    // reqwest is built without a crypto provider (see vault::build).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let bao = Bao::start();
+    let addr = bao.addr();
+    let backend = BackendProcess::start(&[("VAULT_ADDR", &addr), ("VAULT_TOKEN", ROOT_TOKEN)])
+        .serving()
+        .await;
+    let target = Arc::new(
+        conformance::Target::connect(&conformance::Connect::plain(&backend.url), None).await?,
+    );
+    let direct = Arc::new(vault_client(&addr)?);
+    let value = make_value(VALUE_SIZE);
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let run_id = &run_id[..8];
+
+    let mut report = Report::new("vault-backend (gRPC) vs vaultrs direct, OpenBao dev server");
+    report
+        .param("openbao", bao.cli(&["version"]).unwrap_or_default())
+        .param("value_size", VALUE_SIZE)
+        .param("get_ops", GET_OPS)
+        .param("update_ops", UPDATE_OPS)
+        .param("warmup_ops", WARMUP_OPS)
+        .param(
+            "profile",
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "optimized (bench)"
+            },
+        );
+
+    // GetValue: revision 1 of GET_IDS TypeInstances created through the backend.
+    let get_ids: Arc<[String]> = (0..GET_IDS)
+        .map(|i| format!("bench-{run_id}-get-{i}"))
+        .collect();
+    for id in get_ids.iter() {
+        target
+            .create(id, &value)
+            .await
+            .map_err(|s| format!("create {id}: {s}"))?;
+    }
+    for concurrency in CONCURRENCY {
+        let name = format!("get c{concurrency} direct");
+        let (client, ids) = (Arc::clone(&direct), Arc::clone(&get_ids));
+        let stats = bench::run(
+            move |seq| {
+                let (client, ids) = (Arc::clone(&client), Arc::clone(&ids));
+                async move {
+                    let id = &ids[(seq % ids.len() as u64) as usize];
+                    let path = format!("{PREFIX}/{id}/rev/1");
+                    vaultrs::kv2::read::<Map<String, Json>>(client.as_ref(), MOUNT, &path)
+                        .await
+                        .map(drop)
+                        .map_err(|e| format!("read {path}: {e}"))
+                }
+            },
+            &options(concurrency, GET_OPS),
+        )
+        .await?;
+        report.row(&name, checked(&name, stats)?);
+
+        let name = format!("get c{concurrency} backend");
+        let (t, ids) = (Arc::clone(&target), Arc::clone(&get_ids));
+        let stats = bench::run(
+            move |seq| {
+                let (t, ids) = (Arc::clone(&t), Arc::clone(&ids));
+                async move {
+                    let id = &ids[(seq % ids.len() as u64) as usize];
+                    t.get(id, 1).await.map(drop).map_err(|s| s.to_string())
+                }
+            },
+            &options(concurrency, GET_OPS),
+        )
+        .await?;
+        report.row(&name, checked(&name, stats)?);
+        report.compare(
+            &format!("get c{concurrency} backend"),
+            &format!("get c{concurrency} direct"),
+        )?;
+    }
+
+    // OnUpdate: every worker writes its own TypeInstance / secret.
+    let data = rev_data(&value);
+    for concurrency in CONCURRENCY {
+        // Direct: one kv2 set with cas on the worker's own secret.
+        let mut slots = Vec::new();
+        for i in 0..concurrency {
+            let path = format!("bench-direct/{run_id}-c{concurrency}-{i}");
+            let version = set_cas(&direct, &path, &data, 0).await?;
+            slots.push((path, version));
+        }
+        let pool = Pool::new(slots);
+        let (client, data2) = (Arc::clone(&direct), Arc::new(data.clone()));
+        let name = format!("update c{concurrency} direct");
+        let stats = bench::run(
+            move |_| {
+                let (client, pool, data) =
+                    (Arc::clone(&client), Arc::clone(&pool), Arc::clone(&data2));
+                async move {
+                    let (path, version) = pool.take()?;
+                    let result = set_cas(&client, &path, &data, version).await;
+                    pool.give((path, *result.as_ref().unwrap_or(&version)));
+                    result.map(drop)
+                }
+            },
+            &options(concurrency, UPDATE_OPS),
+        )
+        .await?;
+        report.row(&name, checked(&name, stats)?);
+
+        // Direct, the backend's three calls: read head, set head (cas), set rev (cas=0).
+        let mut slots = Vec::new();
+        for i in 0..concurrency {
+            let base = format!("bench-direct3/{run_id}-c{concurrency}-{i}");
+            set_cas(&direct, &format!("{base}/meta"), &head_data(1), 0).await?;
+            set_cas(&direct, &format!("{base}/rev/1"), &data, 0).await?;
+            slots.push(base);
+        }
+        let pool = Pool::new(slots);
+        let (client, data2) = (Arc::clone(&direct), Arc::new(data.clone()));
+        let name = format!("update c{concurrency} direct-3");
+        let stats = bench::run(
+            move |_| {
+                let (client, pool, data) =
+                    (Arc::clone(&client), Arc::clone(&pool), Arc::clone(&data2));
+                async move {
+                    let base = pool.take()?;
+                    let result = three_calls(&client, &base, &data).await;
+                    pool.give(base);
+                    result
+                }
+            },
+            &options(concurrency, UPDATE_OPS),
+        )
+        .await?;
+        report.row(&name, checked(&name, stats)?);
+
+        // Through the backend.
+        let mut slots = Vec::new();
+        for i in 0..concurrency {
+            let id = format!("bench-{run_id}-upd-c{concurrency}-{i}");
+            target
+                .create(&id, &value)
+                .await
+                .map_err(|s| format!("create {id}: {s}"))?;
+            slots.push((id, 2u32));
+        }
+        let pool = Pool::new(slots);
+        let (t, value2) = (Arc::clone(&target), value.clone());
+        let name = format!("update c{concurrency} backend");
+        let stats = bench::run(
+            move |_| {
+                let (t, pool, value) = (Arc::clone(&t), Arc::clone(&pool), value2.clone());
+                async move {
+                    let (id, rev) = pool.take()?;
+                    let result = t.update(&id, rev, &value, None).await;
+                    pool.give((id, rev + 1));
+                    result.map_err(|s| s.to_string())
+                }
+            },
+            &options(concurrency, UPDATE_OPS),
+        )
+        .await?;
+        report.row(&name, checked(&name, stats)?);
+        let backend_row = format!("update c{concurrency} backend");
+        report.compare(&backend_row, &format!("update c{concurrency} direct"))?;
+        report.compare(&backend_row, &format!("update c{concurrency} direct-3"))?;
+    }
+    drop(backend);
+    drop(bao);
+    Ok(report)
+}
+
+/// What the backend does for one OnUpdate of a new revision, as plain
+/// vaultrs calls: read the head, claim the revision in it (cas), write the
+/// revision create-only (cas=0).
+async fn three_calls(
+    client: &VaultClient,
+    base: &str,
+    data: &Map<String, Json>,
+) -> Result<(), String> {
+    let head_path = format!("{base}/meta");
+    let endpoint = ReadSecretRequest::builder()
+        .mount(MOUNT)
+        .path(head_path.as_str())
+        .build()
+        .map_err(|e| format!("read request: {e}"))?;
+    let head = api::exec_with_result(client, endpoint)
+        .await
+        .map_err(|e| format!("read {head_path}: {e}"))?;
+    let latest = head
+        .data
+        .get("latest")
+        .and_then(Json::as_u64)
+        .ok_or_else(|| format!("{head_path} has no latest"))?;
+    let next = latest + 1;
+    set_cas(client, &head_path, &head_data(next), head.metadata.version).await?;
+    set_cas(client, &format!("{base}/rev/{next}"), data, 0).await?;
+    Ok(())
+}
