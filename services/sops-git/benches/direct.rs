@@ -13,10 +13,14 @@ mod support;
 use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
-use bench::{Report, RunOptions, Stats, cli::make_value};
+use bench::{
+    Report, RunOptions, Stats,
+    cli::make_value,
+    harness::{Pool, checked},
+};
 use support::{bare_repo, git, start_backend, target};
 
 const VALUE_SIZE: usize = 1024;
@@ -34,47 +38,7 @@ const GIT_OPS: u64 = 50;
 const GIT_PREFIX: &str = "typeinstances";
 
 fn main() -> ExitCode {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("sops-git direct bench: run it with `cargo bench -p sops-git --bench direct`");
-        return ExitCode::SUCCESS;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    match runtime.block_on(bench_all()) {
-        Ok(report) => {
-            print!("{}", report.to_text());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Items handed to one worker at a time, so that no two calls share one.
-struct Pool<T>(Mutex<Vec<T>>);
-
-impl<T> Pool<T> {
-    fn new(items: Vec<T>) -> Arc<Self> {
-        Arc::new(Self(Mutex::new(items)))
-    }
-
-    fn take(&self) -> Result<T, String> {
-        self.0
-            .lock()
-            .map_err(|_| "pool poisoned".to_owned())?
-            .pop()
-            .ok_or_else(|| "pool empty".to_owned())
-    }
-
-    fn give(&self, item: T) {
-        if let Ok(mut items) = self.0.lock() {
-            items.push(item);
-        }
-    }
+    bench::harness::bench_main("sops-git direct bench", bench_all)
 }
 
 fn options(concurrency: usize, ops: u64, warmup_ops: u64) -> RunOptions {
@@ -83,14 +47,6 @@ fn options(concurrency: usize, ops: u64, warmup_ops: u64) -> RunOptions {
         duration: None,
         ops: Some(ops),
         warmup_ops,
-    }
-}
-
-/// Fails when any call of a row failed: a ratio of failures means nothing.
-fn checked(name: &str, stats: Stats) -> Result<Stats, String> {
-    match (&stats.first_error, stats.errors) {
-        (Some(e), n) if n > 0 => Err(format!("{name}: {n} of {} calls failed: {e}", stats.ops)),
-        _ => Ok(stats),
     }
 }
 

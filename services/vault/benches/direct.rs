@@ -19,13 +19,14 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::{
-    process::ExitCode,
-    sync::{Arc, Mutex},
-};
+use std::{process::ExitCode, sync::Arc};
 
 use base64::Engine as _;
-use bench::{Report, RunOptions, Stats, cli::make_value};
+use bench::{
+    Report, RunOptions,
+    cli::make_value,
+    harness::{Pool, checked},
+};
 use serde_json::{Map, Value as Json, json};
 use support::{BackendProcess, Bao, ROOT_TOKEN};
 use vaultrs::{
@@ -45,47 +46,7 @@ const CONCURRENCY: [usize; 2] = [1, 16];
 const GET_IDS: usize = 16;
 
 fn main() -> ExitCode {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("vault direct bench: run it with `cargo bench -p vault --bench direct`");
-        return ExitCode::SUCCESS;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    match runtime.block_on(bench_all()) {
-        Ok(report) => {
-            print!("{}", report.to_text());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Items handed to one worker at a time, so that no two calls share one.
-struct Pool<T>(Mutex<Vec<T>>);
-
-impl<T> Pool<T> {
-    fn new(items: Vec<T>) -> Arc<Self> {
-        Arc::new(Self(Mutex::new(items)))
-    }
-
-    fn take(&self) -> Result<T, String> {
-        self.0
-            .lock()
-            .map_err(|_| "pool poisoned".to_owned())?
-            .pop()
-            .ok_or_else(|| "pool empty".to_owned())
-    }
-
-    fn give(&self, item: T) {
-        if let Ok(mut items) = self.0.lock() {
-            items.push(item);
-        }
-    }
+    bench::harness::bench_main("vault direct bench", bench_all)
 }
 
 fn options(concurrency: usize, ops: u64) -> RunOptions {
@@ -94,14 +55,6 @@ fn options(concurrency: usize, ops: u64) -> RunOptions {
         duration: None,
         ops: Some(ops),
         warmup_ops: WARMUP_OPS,
-    }
-}
-
-/// Fails when any call of a row failed: a ratio of failures means nothing.
-fn checked(name: &str, stats: Stats) -> Result<Stats, String> {
-    match (&stats.first_error, stats.errors) {
-        (Some(e), n) if n > 0 => Err(format!("{name}: {n} of {} calls failed: {e}", stats.ops)),
-        _ => Ok(stats),
     }
 }
 
