@@ -447,32 +447,11 @@ pub async fn start(backend: Memory) -> Running {
 }
 
 pub async fn start_with(backend: Memory, extra: &[&str]) -> Running {
-    let cfg = server_config(extra);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let backend = Arc::new(backend);
-    let done = tokio::spawn(async move {
-        let stop = async {
-            let _ = rx.await;
-        };
-        let result = if backend.accept_value {
-            shared::server::run_value(backend, &cfg, listener, stop).await
-        } else {
-            shared::server::run_context(backend, &cfg, listener, stop).await
-        };
-        result.expect("server runs");
-    });
-    Running {
-        url,
-        stop: Some(tx),
-        done: Some(done),
-    }
+    start_shared(Arc::new(backend), extra).await
 }
 
-/// Starts a value backend the test keeps a handle to.
+/// Starts a backend the test keeps a handle to (to flip its health, say);
+/// the service kind follows `accept_value`.
 pub async fn start_shared(backend: Arc<Memory>, extra: &[&str]) -> Running {
     let cfg = server_config(extra);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -484,9 +463,12 @@ pub async fn start_shared(backend: Arc<Memory>, extra: &[&str]) -> Running {
         let stop = async {
             let _ = rx.await;
         };
-        shared::server::run_value(backend, &cfg, listener, stop)
-            .await
-            .expect("server runs");
+        let result = if backend.accept_value {
+            shared::server::run_value(backend, &cfg, listener, stop).await
+        } else {
+            shared::server::run_context(backend, &cfg, listener, stop).await
+        };
+        result.expect("server runs");
     });
     Running {
         url,
