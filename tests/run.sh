@@ -10,7 +10,7 @@ export CAPACT_STORAGE_CACHE="${CAPACT_STORAGE_CACHE:-$HOME/.cache/capact-storage
 # A persistent target dir outside the clone keeps reruns cheap.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CAPACT_STORAGE_CACHE/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
-export PATH="$CAPACT_STORAGE_CACHE/venv/bin:$PATH"
+export PATH="$CAPACT_STORAGE_CACHE/venv/bin:$CAPACT_STORAGE_CACHE/helm/v3.22.0:$PATH"
 
 bash tests/setup.sh
 

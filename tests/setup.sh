@@ -39,3 +39,13 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
     "$VENV/bin/pip" install -q --disable-pip-version-check -r "$PY_REQUIREMENTS"
     echo "$want" > "$stamp"
 fi
+
+# Helm, for rendering the chart in tools/deploy-check. No Debian package
+# exists; it is built once from the Go module proxy (pinned) and cached.
+HELM_VERSION=v3.22.0
+HELM_DIR="$CACHE/helm/$HELM_VERSION"
+if [ ! -x "$HELM_DIR/helm" ]; then
+    echo "setup: building helm $HELM_VERSION from the Go module proxy into $HELM_DIR"
+    GOBIN="$HELM_DIR" CGO_ENABLED=0 GOFLAGS=-mod=mod \
+        go install -trimpath -ldflags="-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+fi

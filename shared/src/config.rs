@@ -56,6 +56,11 @@ pub struct ServerConfig {
     #[arg(long, env = "APP_METRICS_ADDR", default_value = ":9464")]
     pub metrics_addr: OptionalAddr,
 
+    /// Plaintext listener serving only grpc.health.v1 (for kubelet gRPC
+    /// probes when the main port uses TLS/mTLS); `off` disables it.
+    #[arg(long, env = "APP_HEALTH_ADDR", default_value = "off")]
+    pub health_addr: OptionalAddr,
+
     /// Log format.
     #[arg(long, env = "APP_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

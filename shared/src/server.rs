@@ -22,6 +22,10 @@ use crate::{
     },
 };
 
+/// Health service name that reports SERVING while the process runs, for
+/// liveness probes (the empty name tracks the store, for readiness).
+pub const LIVENESS_SERVICE: &str = "liveness";
+
 /// A backend's full configuration: the server part plus its own settings.
 pub trait BackendConfig: Parser + Send + 'static {
     fn server(&self) -> &ServerConfig;
@@ -206,6 +210,11 @@ async fn run<B: Backend>(
     let (reporter, health) = tonic_health::server::health_reporter();
     let services = ["", service_name, proto::INFO_SERVICE];
     set_status(&reporter, &services, ServingStatus::NotServing).await;
+    // Liveness is the process answering, never the store: a store outage
+    // must take the pod out of rotation (readiness), not restart it.
+    reporter
+        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+        .await;
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -225,7 +234,7 @@ async fn run<B: Backend>(
             .map_err(|e| format!("TLS setup failed: {e}"))?;
     }
     let router = builder
-        .add_service(health)
+        .add_service(health.clone())
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(BackendInfoServer::new(info));
@@ -242,6 +251,31 @@ async fn run<B: Backend>(
             Some(tokio::spawn(crate::metrics::serve(l, async move {
                 let _ = rx.wait_for(|s| *s).await;
             })))
+        }
+        None => None,
+    };
+
+    // Health only, plaintext, same reporter: kubelet's gRPC probe cannot
+    // speak TLS, and this port reveals nothing but serving status.
+    let health_task = match config.health_addr.0 {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} (APP_HEALTH_ADDR): {e}"))?;
+            let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
+            let mut rx = stop_rx.clone();
+            let health_only = Server::builder().add_service(health);
+            Some(tokio::spawn(async move {
+                let stop = async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                };
+                if let Err(e) = health_only
+                    .serve_with_incoming_shutdown(incoming, stop)
+                    .await
+                {
+                    tracing::error!(error = %e, "health listener failed");
+                }
+            }))
         }
         None => None,
     };
@@ -293,6 +327,9 @@ async fn run<B: Backend>(
     let _ = stop_tx.send(true);
     probe_task.abort();
     if let Some(t) = metrics_task {
+        t.abort();
+    }
+    if let Some(t) = health_task {
         t.abort();
     }
     tracing::info!("stopped");

@@ -4,25 +4,23 @@ mod support;
 
 use std::{process::Command, sync::Arc};
 
-use support::{age_keygen, bare_repo, git, git_daemon, run_suite, sops_bin, start_backend, target};
+use support::{age_keygen, bare_repo, git, git_daemon, sops_bin, start_backend, target};
+use testkit::{assert_clean, conformance};
 use tonic::Code;
-
-fn assert_suite_clean(report: &conformance::Report) {
-    assert_eq!(
-        report.failures(),
-        Vec::<&str>::new(),
-        "{}",
-        report.summary()
-    );
-    assert!(report.passed() >= 40, "only {} cases ran", report.passed());
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn conformance_suite_passes_over_a_file_remote() {
     let dir = tempfile::tempdir().expect("tempdir");
     let remote = bare_repo(dir.path(), "remote.git");
     let backend = start_backend(&dir.path().join("data"), &[("APP_GIT_REMOTE", &remote)]).await;
-    assert_suite_clean(&run_suite(&backend.url).await);
+    assert_clean(&conformance(&backend.url).await, 40);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registration_manifests_match_the_running_backend() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = start_backend(&dir.path().join("data"), &[]).await;
+    testkit::registration::assert_manifests_match(&backend.url, "sops-git").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -32,7 +30,7 @@ async fn conformance_suite_passes_over_git_daemon() {
     let (_daemon, base) = git_daemon(dir.path()).await;
     let remote = format!("{base}/remote.git");
     let backend = start_backend(&dir.path().join("data"), &[("APP_GIT_REMOTE", &remote)]).await;
-    assert_suite_clean(&run_suite(&backend.url).await);
+    assert_clean(&conformance(&backend.url).await, 40);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -105,7 +105,7 @@ async fn bench_all() -> Result<Report, String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let bao = Bao::start();
     let addr = bao.addr();
-    let backend = BackendProcess::start(&[("VAULT_ADDR", &addr), ("VAULT_TOKEN", ROOT_TOKEN)])
+    let backend = support::start_backend(&[("VAULT_ADDR", &addr), ("VAULT_TOKEN", ROOT_TOKEN)])
         .serving()
         .await;
     let target = Arc::new(

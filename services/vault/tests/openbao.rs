@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use shared::proto::storage_backend as pb;
-use support::{BackendProcess, Bao, ROOT_TOKEN, assert_clean, conformance, path_str};
+use support::{BackendProcess, Bao, ROOT_TOKEN, path_str};
+use testkit::{assert_clean, conformance};
 use tonic::Code;
 
 fn root_env(bao: &Bao) -> Vec<(&'static str, String)> {
@@ -20,7 +21,7 @@ fn root_env(bao: &Bao) -> Vec<(&'static str, String)> {
 
 fn start_backend(env: &[(&'static str, String)]) -> BackendProcess {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    BackendProcess::start(&env)
+    support::start_backend(&env)
 }
 
 async fn create(b: &BackendProcess, id: &str, value: &[u8]) -> Result<(), tonic::Status> {
@@ -65,7 +66,14 @@ async fn update(b: &BackendProcess, id: &str, rev: u32, value: &[u8]) -> Result<
 async fn kv2_backend_passes_the_conformance_suite() {
     let bao = Bao::start();
     let backend = start_backend(&root_env(&bao)).serving().await;
-    assert_clean(&conformance(&backend.url).await);
+    assert_clean(&conformance(&backend.url).await, 40);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registration_manifests_match_the_running_backend() {
+    let bao = Bao::start();
+    let backend = start_backend(&root_env(&bao)).serving().await;
+    testkit::registration::assert_manifests_match(&backend.url, "vault").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -76,7 +84,7 @@ async fn kv1_backend_passes_the_conformance_suite() {
     env.push(("APP_VAULT_MOUNT", "kv1".into()));
     env.push(("APP_VAULT_KV_VERSION", "1".into()));
     let backend = start_backend(&env).serving().await;
-    assert_clean(&conformance(&backend.url).await);
+    assert_clean(&conformance(&backend.url).await, 40);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -86,7 +94,7 @@ async fn tls_to_openbao_with_a_custom_ca_passes_the_conformance_suite() {
     let mut env = root_env(&bao);
     env.push(("VAULT_CACERT", path_str(&ca).to_owned()));
     let backend = start_backend(&env).serving().await;
-    assert_clean(&conformance(&backend.url).await);
+    assert_clean(&conformance(&backend.url).await, 40);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -51,6 +51,11 @@ async fn health_follows_the_backing_store() {
     assert_eq!(health(&server.url, "").await, ServingStatus::Serving);
     backend.healthy.store(false, Ordering::SeqCst);
     wait_for_health(&server.url, ServingStatus::NotServing).await;
+    // Liveness ignores the store: an outage must not restart the pod.
+    assert_eq!(
+        health(&server.url, shared::server::LIVENESS_SERVICE).await,
+        ServingStatus::Serving
+    );
     backend.healthy.store(true, Ordering::SeqCst);
     wait_for_health(&server.url, ServingStatus::Serving).await;
 }
@@ -296,4 +301,56 @@ async fn tls_and_mutual_tls_are_enforced() {
         .create("mtls-value", b"v")
         .await
         .expect("create over mtls");
+}
+
+#[tokio::test]
+async fn plaintext_health_port_answers_while_the_main_port_requires_mutual_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    make_pki(dir.path());
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    let health_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let health_addr = format!("127.0.0.1:{health_port}");
+    let mtls = start_with(
+        Memory::new(None),
+        &[
+            "--tls-cert",
+            &p("server.pem"),
+            "--tls-key",
+            &p("server.key"),
+            "--tls-client-ca",
+            &p("ca.pem"),
+            "--health-addr",
+            &health_addr,
+        ],
+    )
+    .await;
+    let health_url = format!("http://{health_addr}");
+    // The server binds its listeners in its own task: wait for this one.
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(&health_addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_for_health(&health_url, ServingStatus::Serving).await;
+    assert_eq!(
+        health(&health_url, shared::server::LIVENESS_SERVICE).await,
+        ServingStatus::Serving
+    );
+    // The health port serves nothing else.
+    assert!(
+        Target::connect(&Connect::plain(health_url), None)
+            .await
+            .is_err(),
+        "the health port answered Describe"
+    );
+    assert!(
+        Target::connect(&Connect::plain(mtls.url.clone()), None)
+            .await
+            .is_err(),
+        "plaintext accepted on the main port"
+    );
 }

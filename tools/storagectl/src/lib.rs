@@ -144,6 +144,13 @@ pub enum Command {
         #[arg(long, value_parser = parse_context)]
         context: Bytes,
     },
+    /// Check the backend's gRPC health (grpc.health.v1): prints the status
+    /// and exits 0 only when SERVING (a container HEALTHCHECK).
+    Health {
+        /// Service to ask about; empty means the whole server.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
     /// Print the YAML that registers this backend in the Hub: the TypeInstance
     /// and its OCF Type.
     Register {
@@ -157,6 +164,10 @@ pub enum Command {
         /// [default: the name the backend reports].
         #[arg(long)]
         name: Option<String>,
+        /// Write `type-instance.yaml` and `type.yaml` into this directory
+        /// instead of printing both documents.
+        #[arg(long)]
+        output_dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -200,8 +211,12 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             registration::split_type_path(path)?;
         }
     }
+    if let Command::Health { service } = &cli.command {
+        return health(&cli.connect, service).await;
+    }
     let client = cli.connect.connect().await?;
     match cli.command {
+        Command::Health { .. } => Ok(()),
         Command::Describe => {
             let mut text = yaml::pretty_json(&describe_json(client.info()));
             text.push('\n');
@@ -287,15 +302,43 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             hub_url,
             type_path,
             name,
+            output_dir,
         } => {
             let mut info = client.info().clone();
             if let Some(name) = name {
                 info.name = name;
             }
             let path = type_path.unwrap_or_else(|| registration::default_type_path(&info.name));
-            let text = registration::render(&info, &hub_url, &path)?;
-            write_stdout(text.as_bytes())
+            let rendered = registration::render_parts(&info, &hub_url, &path)?;
+            match output_dir {
+                Some(dir) => rendered.write_to(&dir),
+                None => write_stdout(rendered.stream().as_bytes()),
+            }
         }
+    }
+}
+
+/// One grpc.health.v1 Check; no Describe first, so it also works on a
+/// backend whose store is down (it then reports NOT_SERVING).
+async fn health(args: &connect::ConnectArgs, service: &str) -> Result<(), Error> {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let channel = args.settings().channel_with(args.timeouts()).await?;
+    let answer = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .map_err(Error::from)?
+        .into_inner();
+    let status = ServingStatus::try_from(answer.status).unwrap_or(ServingStatus::Unknown);
+    write_stdout(format!("{}\n", status.as_str_name()).as_bytes())?;
+    if status == ServingStatus::Serving {
+        Ok(())
+    } else {
+        Err(Error::other(format!(
+            "the backend is {}",
+            status.as_str_name()
+        )))
     }
 }
 

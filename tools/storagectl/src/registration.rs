@@ -116,6 +116,36 @@ pub fn type_json_schema(describe: &DescribeResponse) -> Result<Json, Error> {
     }))
 }
 
+/// The two registration documents of one backend.
+pub struct Rendered {
+    /// The TypeInstance: input of `capact typeinstance create -f`.
+    pub type_instance: String,
+    /// Its OCF Type, for the Hub's manifests.
+    pub type_manifest: String,
+}
+
+impl Rendered {
+    /// Both as one YAML stream: the TypeInstance, then its Type.
+    pub fn stream(&self) -> String {
+        format!("{}---\n{}", self.type_instance, self.type_manifest)
+    }
+
+    /// Writes `dir/type-instance.yaml` and `dir/type.yaml`, creating `dir`.
+    pub fn write_to(&self, dir: &std::path::Path) -> Result<(), Error> {
+        let io = |what: &str, e: std::io::Error| {
+            Error::other(format!("cannot write {what} in {}: {e}", dir.display()))
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io("the directory", e))?;
+        std::fs::write(dir.join(TYPE_INSTANCE_FILE), &self.type_instance)
+            .map_err(|e| io(TYPE_INSTANCE_FILE, e))?;
+        std::fs::write(dir.join(TYPE_FILE), &self.type_manifest).map_err(|e| io(TYPE_FILE, e))
+    }
+}
+
+/// File names used by `register --output-dir` and in deploy/capact/<name>/.
+pub const TYPE_INSTANCE_FILE: &str = "type-instance.yaml";
+pub const TYPE_FILE: &str = "type.yaml";
+
 /// Both YAML documents: the TypeInstance, then its Type. Deterministic: the
 /// same Describe, URL and path always give the same bytes.
 pub fn render(
@@ -123,6 +153,15 @@ pub fn render(
     hub_url: &str,
     type_path: &str,
 ) -> Result<String, Error> {
+    Ok(render_parts(describe, hub_url, type_path)?.stream())
+}
+
+/// [`render`]'s two documents, separately.
+pub fn render_parts(
+    describe: &DescribeResponse,
+    hub_url: &str,
+    type_path: &str,
+) -> Result<Rendered, Error> {
     check_hub_url(hub_url)?;
     let (prefix, name) = split_type_path(type_path)?;
     let value = type_instance_value(describe, hub_url)?;
@@ -133,23 +172,25 @@ pub fn render(
         "ContextStorageBackend"
     };
 
-    let mut out = String::new();
-    out.push_str("# TypeInstance that registers the backend in the Hub: the input of\n");
-    out.push_str(
-        "# `capact typeinstance create -f`. Its Type (next document) must be in the Hub first.\n",
+    let mut ti = String::new();
+    ti.push_str("# TypeInstance that registers the backend in the Hub: the input of\n");
+    ti.push_str(
+        "# `capact typeinstance create -f`. Its Type (type.yaml) must be in the Hub first.\n",
     );
-    out.push_str("typeInstances:\n");
-    out.push_str("  - typeRef:\n");
-    out.push_str(&format!("      path: {}\n", scalar_str(type_path)));
-    out.push_str(&format!("      revision: {TYPE_REVISION}\n"));
-    out.push_str("    value:\n");
+    ti.push_str("typeInstances:\n");
+    ti.push_str("  - typeRef:\n");
+    ti.push_str(&format!("      path: {}\n", scalar_str(type_path)));
+    ti.push_str(&format!("      revision: {TYPE_REVISION}\n"));
+    ti.push_str("    value:\n");
     // Fixed field order, as in the Hub's documentation of the value.
     for key in ["url", "acceptValue", "contextSchema"] {
-        entry(key, &value[key], 6, &mut out);
+        entry(key, &value[key], 6, &mut ti);
     }
 
-    out.push_str("---\n");
-    out.push_str("# Type of the TypeInstance above (OCF 0.0.1), for the Hub's manifests.\n");
+    let mut out = String::new();
+    out.push_str(
+        "# Type of the backend's registration TypeInstance (OCF 0.0.1), for the Hub's manifests.\n",
+    );
     out.push_str("ocfVersion: 0.0.1\n");
     out.push_str(&format!("revision: {TYPE_REVISION}\n"));
     out.push_str("kind: Type\n");
@@ -180,7 +221,10 @@ pub fn render(
     out.push_str("  jsonSchema:\n");
     out.push_str("    value: |-\n");
     out.push_str(&block_lines(&pretty_json(&schema), 6));
-    Ok(out)
+    Ok(Rendered {
+        type_instance: ti,
+        type_manifest: out,
+    })
 }
 
 /// The maintainers as written by [`render`], for tests of the parsed output.

@@ -1,40 +1,21 @@
 //! Real processes for the integration tests: an OpenBao dev server and the
-//! `vault-backend` binary, each stopped (by its own PID) when dropped.
+//! `vault-backend` binary (through testkit), each stopped by its PID on drop.
 #![allow(dead_code)]
 
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::Arc,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use shared::proto::storage_backend::value_and_context_storage_backend_client::ValueAndContextStorageBackendClient;
-use tonic::transport::Channel;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+pub use testkit::{BackendProcess, Guard};
 
 pub const ROOT_TOKEN: &str = "root-token-for-tests-7f3a";
 
-/// The `bao` binary: `BAO_BIN`, else `bao` on PATH (tests/run.sh puts the
-/// test virtualenv's bin first). Missing is a test failure, not a skip.
+/// The `bao` binary: `BAO_BIN`, else `bao` on PATH.
 pub fn bao_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("BAO_BIN") {
-        return PathBuf::from(p);
-    }
-    if let Some(paths) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&paths) {
-            let p = dir.join("bao");
-            if p.is_file() {
-                return p;
-            }
-        }
-    }
-    panic!(
-        "the OpenBao binary `bao` was not found: run ./tests/run.sh (or tests/setup.sh and set BAO_BIN)"
-    );
+    testkit::tool_bin("bao", "BAO_BIN")
 }
 
 /// A port that is free now, with the next one free too (OpenBao's dev
@@ -48,24 +29,6 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free pair of ports found");
-}
-
-/// A child process killed (by its PID) and reaped on drop.
-pub struct Guard(pub Option<Child>);
-
-impl Guard {
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// An OpenBao dev server (in-memory, unsealed, KV v2 at `secret/`).
@@ -111,7 +74,7 @@ impl Bao {
         let bao = Self {
             port,
             tls_dir,
-            process: Guard(Some(child)),
+            process: Guard::new(child),
             log,
             _dir: dir,
         };
@@ -186,133 +149,13 @@ impl Bao {
     }
 }
 
-/// The `vault-backend` binary, run with env configuration, its stdout and
-/// stderr captured to one file.
-pub struct BackendProcess {
-    pub url: String,
-    pub process: Guard,
-    pub log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl BackendProcess {
-    pub fn start(env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let log = dir.path().join("backend.log");
-        let port = free_port();
-        let out = std::fs::File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vault-backend"));
-        // Only what the test sets: nothing from the developer's shell.
-        for (k, _) in std::env::vars() {
-            if k.starts_with("VAULT_") || k.starts_with("APP_") || k.starts_with("BAO_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.env("APP_GRPC_ADDR", format!("127.0.0.1:{port}"))
-            .env("APP_METRICS_ADDR", "off")
-            .env("APP_HEALTH_INTERVAL", "1s")
-            .env("APP_HEALTH_FAILURE_THRESHOLD", "1");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("start vault-backend");
-        Self {
-            url: format!("http://127.0.0.1:{port}"),
-            process: Guard(Some(child)),
-            log,
-            _dir: dir,
-        }
-    }
-
-    pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub async fn channel(&self) -> Channel {
-        tonic::transport::Endpoint::from_shared(self.url.clone())
-            .expect("url")
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(30))
-            .connect()
-            .await
-            .expect("connect to the backend")
-    }
-
-    pub async fn client(&self) -> ValueAndContextStorageBackendClient<Channel> {
-        ValueAndContextStorageBackendClient::new(self.channel().await)
-    }
-
-    /// Waits until health says `want`, or panics with the backend's log.
-    pub async fn wait_health(&mut self, want: ServingStatus) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Some(c) = self.process.0.as_mut()
-                && let Ok(Some(status)) = c.try_wait()
-            {
-                panic!(
-                    "vault-backend exited with {status}; its log:\n{}",
-                    self.logs()
-                );
-            }
-            if let Ok(ch) = tonic::transport::Endpoint::from_shared(self.url.clone())
-                .expect("url")
-                .connect()
-                .await
-            {
-                let r = HealthClient::new(ch)
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await;
-                if let Ok(r) = r
-                    && r.into_inner().status == want as i32
-                {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        panic!(
-            "vault-backend did not report {want:?} within 30s; its log:\n{}",
-            self.logs()
-        );
-    }
-
-    pub async fn serving(mut self) -> Self {
-        self.wait_health(ServingStatus::Serving).await;
-        self
-    }
-}
-
-/// Runs the whole conformance suite and returns its report.
-pub async fn conformance(url: &str) -> conformance::Report {
-    let target = conformance::Target::connect(&conformance::Connect::plain(url), None)
-        .await
-        .expect("connect the conformance suite");
-    conformance::run(Arc::new(target), None, |name, outcome| {
-        println!("{}", conformance::line(name, outcome));
-    })
-    .await
-}
-
-pub fn assert_clean(report: &conformance::Report) {
-    println!("{}", report.summary());
-    assert_eq!(
-        report.failures(),
-        Vec::<&str>::new(),
-        "conformance failures"
-    );
-    assert!(
-        report.passed() >= 40,
-        "only {} cases passed",
-        report.passed()
-    );
+/// The `vault-backend` binary with only the given environment.
+pub fn start_backend(env: &[(&str, &str)]) -> BackendProcess {
+    BackendProcess::start(
+        env!("CARGO_BIN_EXE_vault-backend"),
+        &["VAULT_", "BAO_"],
+        env,
+    )
 }
 
 pub fn path_str(p: &Path) -> &str {

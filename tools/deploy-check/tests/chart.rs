@@ -1,0 +1,207 @@
+//! The Helm chart: renders for every backend and option, keeps the security
+//! and probe settings the guide promises, lists every variable of every
+//! binary, and carries the same RBAC as deploy/rbac/.
+
+use deploy_check::{BACKENDS, backend_bin, env_vars_of, find, render, repo_root};
+use serde_json::Value as Json;
+
+fn container(objects: &[Json]) -> &Json {
+    &find(objects, "Deployment").expect("a Deployment")["spec"]["template"]["spec"]["containers"][0]
+}
+
+fn env_names(objects: &[Json]) -> Vec<String> {
+    container(objects)["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(|e| e["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn every_backend_renders_a_hardened_deployment_with_grpc_probes() {
+    for (backend, _) in BACKENDS {
+        let objects = render(
+            &format!("capact-storage-{backend}"),
+            "capact-system",
+            &[("backend", backend)],
+        );
+        let pod = &find(&objects, "Deployment").expect("Deployment")["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{backend}");
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+            "{backend}"
+        );
+        let c = container(&objects);
+        assert_eq!(
+            c["securityContext"]["readOnlyRootFilesystem"], true,
+            "{backend}"
+        );
+        assert_eq!(
+            c["securityContext"]["allowPrivilegeEscalation"], false,
+            "{backend}"
+        );
+        assert_eq!(
+            c["securityContext"]["capabilities"]["drop"][0], "ALL",
+            "{backend}"
+        );
+        assert_eq!(
+            c["livenessProbe"]["grpc"]["service"], "liveness",
+            "{backend}"
+        );
+        assert_eq!(c["readinessProbe"]["grpc"]["port"], 50052, "{backend}");
+        assert!(
+            c["resources"]["limits"]["memory"].is_string(),
+            "{backend}: no memory limit"
+        );
+        let svc = find(&objects, "Service").expect("Service");
+        assert_eq!(svc["spec"]["ports"][0]["port"], 50051, "{backend}");
+        assert!(
+            find(&objects, "NetworkPolicy").is_some(),
+            "{backend}: no NetworkPolicy"
+        );
+        let kube_api = matches!(backend, "kubernetes-secret" | "flux-helmrelease");
+        assert_eq!(
+            pod["automountServiceAccountToken"], kube_api,
+            "{backend}: token mount"
+        );
+        assert_eq!(
+            find(&objects, "Role").is_some(),
+            kube_api,
+            "{backend}: Role"
+        );
+    }
+}
+
+#[test]
+fn tls_mtls_persistence_and_service_monitor_options_render() {
+    let objects = render(
+        "capact-storage-sops-git",
+        "capact-system",
+        &[
+            ("backend", "sops-git"),
+            ("tls.enabled", "true"),
+            ("tls.secretName", "backend-tls"),
+            ("tls.clientCASecret", "hub-client-ca"),
+            ("persistence.enabled", "true"),
+            ("metrics.serviceMonitor.enabled", "true"),
+        ],
+    );
+    let env = env_names(&objects);
+    for var in [
+        "APP_TLS_CERT",
+        "APP_TLS_KEY",
+        "APP_TLS_CLIENT_CA",
+        "APP_DATA_DIR",
+    ] {
+        assert!(env.contains(&var.to_owned()), "{var} not set");
+    }
+    assert!(find(&objects, "PersistentVolumeClaim").is_some());
+    assert!(find(&objects, "ServiceMonitor").is_some());
+    let deployment = find(&objects, "Deployment").expect("Deployment");
+    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+}
+
+#[test]
+fn an_unknown_backend_is_refused_at_render_time() {
+    let out = std::process::Command::new(testkit::tool_bin("helm", "HELM_BIN"))
+        .args(["template", "x"])
+        .arg(deploy_check::chart_dir())
+        .args([
+            "--kube-version",
+            deploy_check::KUBE_VERSION,
+            "--set",
+            "backend=postgres",
+        ])
+        .output()
+        .expect("run helm");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not one of"));
+}
+
+#[test]
+fn values_list_every_environment_variable_of_every_backend() {
+    let values = std::fs::read_to_string(deploy_check::chart_dir().join("values.yaml"))
+        .expect("values.yaml");
+    let mut missing = Vec::new();
+    for (backend, bin) in BACKENDS {
+        for var in env_vars_of(&backend_bin(bin)) {
+            if !values.contains(&var) {
+                missing.push(format!("{backend}: {var}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "values.yaml does not mention: {missing:#?}"
+    );
+}
+
+#[test]
+fn config_values_are_variables_the_backend_reads() {
+    let values: Json = serde_yaml::from_str(
+        &std::fs::read_to_string(deploy_check::chart_dir().join("values.yaml"))
+            .expect("values.yaml"),
+    )
+    .expect("values.yaml is YAML");
+    for (backend, bin) in BACKENDS {
+        let known = env_vars_of(&backend_bin(bin));
+        let config = values["config"][backend]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        for key in config.keys() {
+            assert!(
+                known.contains(key),
+                "config.{backend}.{key} is not read by {bin}"
+            );
+        }
+    }
+}
+
+#[test]
+fn chart_rbac_equals_the_plain_rbac_manifests() {
+    for backend in ["kubernetes-secret", "flux-helmrelease"] {
+        let path = repo_root().join(format!("deploy/rbac/{backend}.yaml"));
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let plain = deploy_check::documents(&text);
+        let chart = render(
+            &format!("capact-storage-{backend}"),
+            "capact-system",
+            &[("backend", backend)],
+        );
+        let rules = |objects: &[Json], kind: &str| -> Vec<Json> {
+            objects
+                .iter()
+                .filter(|o| o["kind"] == kind)
+                .flat_map(|o| o["rules"].as_array().cloned().unwrap_or_default())
+                .map(normalize_rule)
+                .collect()
+        };
+        let mut want = rules(&plain, "Role");
+        want.extend(rules(&plain, "ClusterRole"));
+        let mut have = rules(&chart, "Role");
+        have.extend(rules(&chart, "ClusterRole"));
+        want.sort_by_key(|r| r.to_string());
+        have.sort_by_key(|r| r.to_string());
+        assert_eq!(
+            have,
+            want,
+            "{backend}: chart RBAC differs from {}",
+            path.display()
+        );
+    }
+}
+
+/// A rule with its lists sorted, so order does not matter.
+fn normalize_rule(mut rule: Json) -> Json {
+    if let Some(map) = rule.as_object_mut() {
+        for list in map.values_mut() {
+            if let Some(items) = list.as_array_mut() {
+                items.sort_by_key(|v| v.to_string());
+            }
+        }
+    }
+    rule
+}
