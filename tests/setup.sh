@@ -19,8 +19,9 @@ apt_install() {
     fi
 }
 
-# openssl: TLS test certificates. git, age: the SOPS-on-Git backend's tests.
-apt_install openssl git ca-certificates age
+# openssl: TLS test certificates. git, age, libssl-dev, pkg-config (git2 https/ssh),
+# lighttpd (git http-backend), openssh-server: the SOPS-on-Git backend's tests.
+apt_install openssl git ca-certificates age libssl-dev pkg-config lighttpd openssh-server
 
 # Rust components used by the checks.
 if command -v rustup >/dev/null 2>&1; then
@@ -49,3 +50,7 @@ if [ ! -x "$HELM_DIR/helm" ]; then
     GOBIN="$HELM_DIR" CGO_ENABLED=0 GOFLAGS=-mod=mod \
         go install -trimpath -ldflags="-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 fi
+
+# A genuine kube-apiserver and etcd (Kubernetes backends' tests), built once
+# from the published Go modules into $CACHE/kube/<version>/ (tests/kube/README.md).
+bash "$(dirname "$0")/kube/build.sh"

@@ -107,6 +107,12 @@ pub async fn store_call<T>(
     result
 }
 
+/// Adds a backend's own collector (e.g. a watch's counters) to the registry
+/// `/metrics` serves; names get the same `storage_backend_` prefix.
+pub fn register(collector: Box<dyn prometheus::core::Collector>) -> prometheus::Result<()> {
+    METRICS.registry.register(collector)
+}
+
 /// The registry in Prometheus text format.
 pub fn render() -> String {
     let mut buf = Vec::new();

@@ -9,18 +9,22 @@
 //! - `<id>/lock`: the lock holder's name, present only while locked.
 //!
 //! A TypeInstance exists exactly while its directory holds a revision file.
+//!
+//! Optionally (context `fluxSecret`), `<flux dir>/<id>.sops.yaml` holds a
+//! Kubernetes Secret manifest with the latest value, SOPS-encrypted the way
+//! Flux decrypts; it changes in the same commit as the revision it mirrors.
 
 use std::{sync::Arc, time::SystemTime};
 
 use async_trait::async_trait;
-use serde_json::Value as Json;
+use serde_json::{Value as Json, json};
 use shared::{
     Backend, Context, Describe, Error, Owner, Result, Revision, TypeInstanceId, Value,
     ValueBackend, metrics::store_call,
 };
 
 use crate::{
-    sops::{self, CodecError},
+    sops::{self, CodecError, SecretTarget},
     store::{Change, Edit, GitStore, Snapshot},
 };
 
@@ -43,16 +47,62 @@ struct Core {
     keys: Keys,
     /// Directory inside the repository; empty for the root.
     prefix: String,
+    /// Directory of the Flux Secret manifests (outside `prefix`); None: off.
+    flux_dir: Option<String>,
+}
+
+/// The published context schema: where to render the Flux Secret.
+pub fn context_schema() -> Json {
+    json!({
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "type": "object",
+        "properties": {
+            "fluxSecret": {
+                "description": "Also keep a SOPS-encrypted Kubernetes Secret manifest holding the latest value under `key`, for Flux to apply",
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "maxLength": 253, "pattern": "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"},
+                    "namespace": {"type": "string", "maxLength": 63, "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+                    "key": {"type": "string", "maxLength": 253, "pattern": "^[-._a-zA-Z0-9]+$", "default": "value"}
+                },
+                "required": ["name", "namespace"],
+                "additionalProperties": false
+            }
+        },
+        "additionalProperties": false
+    })
+}
+
+/// The Secret the context asks for, if any (the schema has been checked).
+fn secret_target(ctx: &Context) -> Result<Option<SecretTarget>> {
+    let Some(spec) = ctx.object().and_then(|o| o.get("fluxSecret")) else {
+        return Ok(None);
+    };
+    let field = |f: &str| spec.get(f).and_then(Json::as_str).map(str::to_owned);
+    match (field("name"), field("namespace")) {
+        (Some(name), Some(namespace)) => Ok(Some(SecretTarget {
+            name,
+            namespace,
+            key: field("key").unwrap_or_else(|| "value".to_owned()),
+        })),
+        _ => Err(Error::invalid_argument(
+            "context.fluxSecret needs name and namespace",
+        )),
+    }
 }
 
 impl SopsGit {
-    pub fn new(store: GitStore, keys: Keys, prefix: &str) -> Self {
+    pub fn new(store: GitStore, keys: Keys, prefix: &str, flux_dir: Option<&str>) -> Self {
         let prefix = prefix.trim_matches('/').to_owned();
+        let flux_dir = flux_dir
+            .map(|d| d.trim_matches('/').to_owned())
+            .filter(|d| !d.is_empty());
         Self {
             core: Arc::new(Core {
                 store,
                 keys,
                 prefix,
+                flux_dir,
             }),
         }
     }
@@ -114,6 +164,59 @@ impl Core {
         } else {
             format!("{}/{name}", self.prefix)
         }
+    }
+
+    fn secret_path(&self, id: &TypeInstanceId) -> Option<String> {
+        let dir = self.flux_dir.as_ref()?;
+        Some(format!("{dir}/{}{SUFFIX}", dir_name(id)))
+    }
+
+    /// The Secret manifest's change for a new latest `value`: to `wanted`
+    /// if given, else to where the existing manifest points (none: no
+    /// manifest, nothing to do).
+    fn secret_change(
+        &self,
+        snap: &Snapshot<'_>,
+        id: &TypeInstanceId,
+        wanted: Option<&SecretTarget>,
+        value: &[u8],
+    ) -> Result<Option<Change>> {
+        let Some(path) = self.secret_path(id) else {
+            return match wanted {
+                Some(_) => Err(Error::invalid_argument(
+                    "context.fluxSecret needs APP_GIT_PREFIX to be set on the backend",
+                )),
+                None => Ok(None),
+            };
+        };
+        let target = match wanted {
+            Some(t) => t.clone(),
+            None => match snap.read(&path)? {
+                None => return Ok(None),
+                Some(doc) => std::str::from_utf8(&doc)
+                    .ok()
+                    .and_then(sops::secret_target)
+                    .ok_or_else(|| {
+                        Error::data_loss(format!(
+                            "the flux secret manifest of type instance {id} is corrupted"
+                        ))
+                    })?,
+            },
+        };
+        let doc = sops::encrypt_secret(&target, value, &self.keys.recipients, SystemTime::now())
+            .map_err(|e| Error::internal("encrypting the flux secret failed").with_source(e))?;
+        Ok(Some(Change::Put {
+            path,
+            content: doc.into_bytes(),
+        }))
+    }
+
+    /// Removes the Secret manifest if there is one.
+    fn secret_removal(&self, snap: &Snapshot<'_>, id: &TypeInstanceId) -> Result<Option<Change>> {
+        let Some(path) = self.secret_path(id) else {
+            return Ok(None);
+        };
+        Ok(snap.read(&path)?.map(|_| Change::Delete { path }))
     }
 
     fn revision_path(&self, id: &TypeInstanceId, rev: u32) -> String {
@@ -200,7 +303,12 @@ impl Core {
         })
     }
 
-    fn create(&self, id: &TypeInstanceId, value: &[u8]) -> Result<()> {
+    fn create(
+        &self,
+        id: &TypeInstanceId,
+        value: &[u8],
+        secret: Option<&SecretTarget>,
+    ) -> Result<()> {
         // Encrypt once, outside the retry loop: a retry re-checks the
         // contract but writes the same document.
         let doc = self.encrypt(value)?;
@@ -215,10 +323,19 @@ impl Core {
                     "type instance {id} already exists"
                 )))
             }
-            Err(e) if e.kind() == shared::ErrorKind::NotFound => Ok(Some(Edit {
-                message: format!("create type instance {id} revision 1"),
-                changes: self.put_revision(id, 1, doc.clone()),
-            })),
+            Err(e) if e.kind() == shared::ErrorKind::NotFound => {
+                let mut changes = self.put_revision(id, 1, doc.clone());
+                // A stale manifest (left by hand after a delete) is replaced
+                // or removed: it must never outlive its TypeInstance.
+                match secret {
+                    Some(t) => changes.extend(self.secret_change(snap, id, Some(t), value)?),
+                    None => changes.extend(self.secret_removal(snap, id)?),
+                }
+                Ok(Some(Edit {
+                    message: format!("create type instance {id} revision 1"),
+                    changes,
+                }))
+            }
             Err(e) => Err(e),
         })
     }
@@ -229,6 +346,7 @@ impl Core {
         rev: Revision,
         value: &[u8],
         owner: Option<&Owner>,
+        secret: Option<&SecretTarget>,
     ) -> Result<()> {
         let doc = self.encrypt(value)?;
         let r = rev.get();
@@ -249,9 +367,11 @@ impl Core {
                     "revision {rev} of type instance {id} is not above the latest revision {latest}"
                 )));
             }
+            let mut changes = self.put_revision(id, r, doc.clone());
+            changes.extend(self.secret_change(snap, id, secret, value)?);
             Ok(Some(Edit {
                 message: format!("update type instance {id} revision {rev}"),
-                changes: self.put_revision(id, r, doc.clone()),
+                changes,
             }))
         })
     }
@@ -265,7 +385,9 @@ impl Core {
                     "delete type instance {id} (revisions up to {})",
                     state.latest().unwrap_or(0)
                 ),
-                changes: vec![Change::DeleteDir { path: self.dir(id) }],
+                changes: std::iter::once(Change::DeleteDir { path: self.dir(id) })
+                    .chain(self.secret_removal(snap, id)?)
+                    .collect(),
             }))
         })
     }
@@ -292,12 +414,14 @@ impl Core {
                 .collect();
             let changes = match rest.last() {
                 // The last revision takes the TypeInstance and its lock along.
-                None => vec![Change::DeleteDir { path: self.dir(id) }],
+                None => std::iter::once(Change::DeleteDir { path: self.dir(id) })
+                    .chain(self.secret_removal(snap, id)?)
+                    .collect(),
                 Some(&new_latest) if new_latest < r => {
                     let doc = snap
                         .read(&self.revision_path(id, new_latest))?
                         .ok_or_else(|| Error::internal("a listed revision file vanished"))?;
-                    vec![
+                    let mut changes = vec![
                         Change::Delete {
                             path: self.revision_path(id, r),
                         },
@@ -305,7 +429,16 @@ impl Core {
                             path: format!("{}/{LATEST}", self.dir(id)),
                             content: doc,
                         },
-                    ]
+                    ];
+                    // The Secret follows the new latest revision; decrypt only
+                    // when there is a manifest to rewrite.
+                    if self.secret_removal(snap, id)?.is_some() {
+                        let value = self
+                            .value(snap, id, new_latest)?
+                            .ok_or_else(|| Error::internal("a listed revision file vanished"))?;
+                        changes.extend(self.secret_change(snap, id, None, &value)?);
+                    }
+                    changes
                 }
                 Some(_) => vec![Change::Delete {
                     path: self.revision_path(id, r),
@@ -387,7 +520,7 @@ impl Backend for SopsGit {
             name: "sops-git",
             version: env!("CARGO_PKG_VERSION"),
             accept_value: true,
-            context_schema: None,
+            context_schema: Some(context_schema()),
             context_required: false,
             // Git copes with large blobs, but every revision is a full copy in
             // history; the configured limit (1 MiB by default) applies below.
@@ -426,10 +559,18 @@ impl Backend for SopsGit {
 
 #[async_trait]
 impl ValueBackend for SopsGit {
-    async fn create(&self, id: &TypeInstanceId, value: Value, _: &Context) -> Result<Option<Json>> {
+    async fn create(
+        &self,
+        id: &TypeInstanceId,
+        value: Value,
+        ctx: &Context,
+    ) -> Result<Option<Json>> {
         let id = id.clone();
-        self.run("create", move |c| c.create(&id, value.as_bytes()))
-            .await?;
+        let secret = secret_target(ctx)?;
+        self.run("create", move |c| {
+            c.create(&id, value.as_bytes(), secret.as_ref())
+        })
+        .await?;
         Ok(None)
     }
 
@@ -438,12 +579,13 @@ impl ValueBackend for SopsGit {
         id: &TypeInstanceId,
         rev: Revision,
         value: Value,
-        _: &Context,
+        ctx: &Context,
         owner: Option<&Owner>,
     ) -> Result<Option<Json>> {
         let (id, owner) = (id.clone(), owner.cloned());
+        let secret = secret_target(ctx)?;
         self.run("update", move |c| {
-            c.update(&id, rev, value.as_bytes(), owner.as_ref())
+            c.update(&id, rev, value.as_bytes(), owner.as_ref(), secret.as_ref())
         })
         .await?;
         Ok(None)

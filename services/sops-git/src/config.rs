@@ -3,12 +3,12 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::Parser;
-use shared::{Error, Result, config::ServerConfig, server::BackendConfig};
+use shared::{Error, Result, Secret, config::ServerConfig, server::BackendConfig};
 
 use crate::{
     backend::{Keys, SopsGit},
     sops,
-    store::{self, GitStore, StoreOptions},
+    store::{self, Auth, GitStore, StoreOptions},
 };
 
 #[derive(Parser, Debug, Clone)]
@@ -21,8 +21,8 @@ pub struct Config {
     #[command(flatten)]
     pub server: ServerConfig,
 
-    /// Git remote URL (file://, git://). Unset: a bare repository
-    /// `remote.git` in the data directory, created on first start.
+    /// Git remote URL (file://, git://, http(s)://, ssh://). Unset: a bare
+    /// repository `remote.git` in the data directory, created on first start.
     #[arg(long, env = "APP_GIT_REMOTE")]
     pub git_remote: Option<String>,
 
@@ -33,6 +33,11 @@ pub struct Config {
     /// Directory inside the repository for the TypeInstances.
     #[arg(long, env = "APP_GIT_PREFIX", default_value = "typeinstances")]
     pub git_prefix: String,
+
+    /// Directory for the Flux Secret manifests (context `fluxSecret`); must
+    /// lie outside APP_GIT_PREFIX. With an empty prefix the output is off.
+    #[arg(long, env = "APP_GIT_FLUX_DIR", default_value = "flux-secrets")]
+    pub git_flux_dir: String,
 
     /// Commit author name.
     #[arg(
@@ -54,6 +59,41 @@ pub struct Config {
     /// this; `0s` makes writes of other processes visible at once.
     #[arg(long, env = "APP_GIT_READ_FETCH_INTERVAL", default_value = "0s", value_parser = humantime::parse_duration)]
     pub git_read_fetch_interval: Duration,
+
+    /// User name for http(s) remotes (and ssh ones whose URL names none).
+    #[arg(long, env = "APP_GIT_USERNAME")]
+    pub git_username: Option<String>,
+
+    /// Password or access token for http(s) remotes.
+    #[arg(long, env = "APP_GIT_PASSWORD", hide_env_values = true)]
+    pub git_password: Option<Secret>,
+
+    /// File holding the password or token (trailing newline ignored);
+    /// preferred over APP_GIT_PASSWORD.
+    #[arg(long, env = "APP_GIT_PASSWORD_FILE", conflicts_with = "git_password")]
+    pub git_password_file: Option<PathBuf>,
+
+    /// PEM/CA bundle trusted for https remotes instead of the system's.
+    #[arg(long, env = "APP_GIT_CA_FILE")]
+    pub git_ca_file: Option<PathBuf>,
+
+    /// Private key file for ssh remotes (OpenSSH or PEM format).
+    #[arg(long, env = "APP_GIT_SSH_KEY_FILE")]
+    pub git_ssh_key_file: Option<PathBuf>,
+
+    /// Passphrase of the ssh private key.
+    #[arg(long, env = "APP_GIT_SSH_PASSPHRASE", hide_env_values = true)]
+    pub git_ssh_passphrase: Option<Secret>,
+
+    /// known_hosts file the ssh server's host key must be listed in. Unset:
+    /// `~/.ssh/known_hosts`.
+    #[arg(long, env = "APP_GIT_SSH_KNOWN_HOSTS_FILE")]
+    pub git_ssh_known_hosts_file: Option<PathBuf>,
+
+    /// Accept any ssh host key. Opens the door to a man in the middle: only
+    /// for throwaway setups.
+    #[arg(long, env = "APP_GIT_SSH_INSECURE_SKIP_HOST_KEY_CHECK", default_value_t = false, action = clap::ArgAction::Set)]
+    pub git_ssh_insecure_skip_host_key_check: bool,
 
     /// Local state: the working clone, and the default remote and age key.
     #[arg(long, env = "APP_DATA_DIR", default_value = "./sops-git-data")]
@@ -103,6 +143,7 @@ pub fn build(config: Config) -> Result<SopsGit> {
             format!("file://{}", dir.display())
         }
     };
+    let auth = load_auth(&config)?;
     let store = GitStore::open(StoreOptions {
         remote_url,
         branch: config.git_branch.clone(),
@@ -110,8 +151,86 @@ pub fn build(config: Config) -> Result<SopsGit> {
         author_name: config.git_author_name.clone(),
         author_email: config.git_author_email.clone(),
         read_fetch_interval: config.git_read_fetch_interval,
+        auth,
     })?;
-    Ok(SopsGit::new(store, keys, &config.git_prefix))
+    let flux_dir = flux_dir(&config.git_prefix, &config.git_flux_dir)?;
+    store.check_access()?;
+    Ok(SopsGit::new(
+        store,
+        keys,
+        &config.git_prefix,
+        flux_dir.as_deref(),
+    ))
+}
+
+/// The Flux manifests must not sit where TypeInstance directories do (a
+/// TypeInstance named like the Flux directory would own them), nor the
+/// reverse.
+fn flux_dir(prefix: &str, flux: &str) -> Result<Option<String>> {
+    let (p, f) = (prefix.trim_matches('/'), flux.trim_matches('/'));
+    if p.is_empty() {
+        // Every top-level directory may be a TypeInstance's.
+        return Ok(None);
+    }
+    let inside = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
+    if f.is_empty() || inside(f, p) || inside(p, f) {
+        return Err(startup(
+            "APP_GIT_FLUX_DIR must be a non-empty directory outside APP_GIT_PREFIX (and not contain it)"
+                .into(),
+        ));
+    }
+    Ok(Some(f.to_owned()))
+}
+
+fn load_auth(config: &Config) -> Result<Auth> {
+    let password = match &config.git_password_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                startup(format!(
+                    "cannot read APP_GIT_PASSWORD_FILE {}: {e}",
+                    path.display()
+                ))
+            })?;
+            Some(Secret::new(text.trim_end_matches(['\r', '\n'])))
+        }
+        None => config.git_password.clone(),
+    };
+    for (name, path) in [
+        ("APP_GIT_SSH_KEY_FILE", &config.git_ssh_key_file),
+        (
+            "APP_GIT_SSH_KNOWN_HOSTS_FILE",
+            &config.git_ssh_known_hosts_file,
+        ),
+    ] {
+        if let Some(p) = path
+            && !p.is_file()
+        {
+            return Err(startup(format!("{name} {} is not a file", p.display())));
+        }
+    }
+    if let Some(ca) = &config.git_ca_file {
+        if !ca.is_file() {
+            return Err(startup(format!(
+                "APP_GIT_CA_FILE {} is not a file",
+                ca.display()
+            )));
+        }
+        // SAFETY: libgit2 global option, set once at startup before any
+        // other libgit2 call of this process can run concurrently.
+        unsafe { git2::opts::set_ssl_cert_file(ca) }
+            .map_err(|e| startup(format!("APP_GIT_CA_FILE {}: {e}", ca.display())))?;
+    }
+    if config.git_ssh_insecure_skip_host_key_check {
+        tracing::warn!("ssh host keys are not checked (APP_GIT_SSH_INSECURE_SKIP_HOST_KEY_CHECK)");
+    }
+    Ok(Auth {
+        username: config.git_username.clone().filter(|u| !u.is_empty()),
+        password,
+        ssh_key: config.git_ssh_key_file.clone(),
+        ssh_passphrase: config.git_ssh_passphrase.clone(),
+        known_hosts: config.git_ssh_known_hosts_file.clone(),
+        insecure_skip_host_key_check: config.git_ssh_insecure_skip_host_key_check,
+    })
 }
 
 fn load_keys(config: &Config, data_dir: &std::path::Path) -> Result<Keys> {

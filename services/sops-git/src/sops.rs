@@ -96,15 +96,111 @@ pub fn encrypt(
         encrypt_scalar(&cipher, plain.as_bytes(), &format!("{VALUE_KEY}:"))?
     };
 
-    let lastmodified = humantime::format_rfc3339_seconds(now).to_string();
-    let mac = hex::encode_upper(Sha512::digest(plain.as_bytes()));
-    let encrypted_mac = encrypt_scalar(&cipher, mac.as_bytes(), &lastmodified)?;
-
+    let mac = Sha512::digest(plain.as_bytes());
     // Written by hand in sops's own layout (4-space indent) so diffs of files
     // produced by us and by `sops` look alike.
-    let mut out = format!("{VALUE_KEY}: {encrypted_value}\nsops:\n    age:\n");
+    let mut out = format!("{VALUE_KEY}: {encrypted_value}\n");
+    out.push_str(&metadata(
+        &cipher,
+        &data_key,
+        recipients,
+        &mac,
+        now,
+        "unencrypted_suffix: _unencrypted",
+    )?);
+    Ok(out)
+}
+
+/// The `encrypted_regex` Flux's kustomize-controller documents for Secrets:
+/// only `data`/`stringData` are encrypted, so the manifest stays readable.
+pub const SECRET_ENCRYPTED_REGEX: &str = "^(data|stringData)$";
+
+/// Where a Kubernetes Secret manifest puts the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretTarget {
+    pub name: String,
+    pub namespace: String,
+    pub key: String,
+}
+
+/// A Kubernetes Secret manifest (`data.<key>` = base64 of `value`),
+/// SOPS-encrypted with `encrypted_regex: ^(data|stringData)$` the way Flux's
+/// kustomize-controller decrypts before applying. Names and key come from
+/// the validated context (DNS names, `[-._a-zA-Z0-9]` keys): they are quoted
+/// so YAML never reads one as a number or boolean.
+pub fn encrypt_secret(
+    target: &SecretTarget,
+    value: &[u8],
+    recipients: &[age::x25519::Recipient],
+    now: SystemTime,
+) -> Result<String, CodecError> {
+    if recipients.is_empty() {
+        return Err(CodecError::NoRecipients);
+    }
+    let data_key = Cipher::generate_key(OsRng);
+    let cipher = Cipher::new(&data_key);
+    let plain = B64.encode(value);
+    let SecretTarget {
+        name,
+        namespace,
+        key,
+    } = target;
+    let encrypted_value = if plain.is_empty() {
+        "\"\"".to_owned()
+    } else {
+        encrypt_scalar(&cipher, plain.as_bytes(), &format!("data:{key}:"))?
+    };
+    // sops hashes every leaf in document order, encrypted or not.
+    let mut hasher = Sha512::new();
+    for leaf in ["v1", "Secret", name, namespace, "Opaque", &plain] {
+        hasher.update(leaf.as_bytes());
+    }
+    let mut out = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n    name: \"{name}\"\n    namespace: \"{namespace}\"\ntype: Opaque\ndata:\n    \"{key}\": {encrypted_value}\n"
+    );
+    out.push_str(&metadata(
+        &cipher,
+        &data_key,
+        recipients,
+        &hasher.finalize(),
+        now,
+        &format!("encrypted_regex: {SECRET_ENCRYPTED_REGEX}"),
+    )?);
+    Ok(out)
+}
+
+/// Reads name, namespace and key back from a Secret manifest we wrote
+/// (all in plaintext: only `data` values are encrypted).
+pub fn secret_target(doc: &str) -> Option<SecretTarget> {
+    let root: Yaml = serde_yaml::from_str(doc).ok()?;
+    let meta = root.get("metadata")?;
+    let key = match root.get("data")? {
+        Yaml::Mapping(m) => scalar_key(m.keys().next()?).ok()?,
+        _ => return None,
+    };
+    Some(SecretTarget {
+        name: meta.get("name")?.as_str()?.to_owned(),
+        namespace: meta.get("namespace")?.as_str()?.to_owned(),
+        key,
+    })
+}
+
+/// The `sops:` block: the data key per recipient, the encrypted MAC and
+/// the version, plus `selector` (which values are encrypted).
+fn metadata(
+    cipher: &Cipher,
+    data_key: &aes_gcm::Key<Cipher>,
+    recipients: &[age::x25519::Recipient],
+    mac: &[u8],
+    now: SystemTime,
+    selector: &str,
+) -> Result<String, CodecError> {
+    let lastmodified = humantime::format_rfc3339_seconds(now).to_string();
+    let mac = hex::encode_upper(mac);
+    let encrypted_mac = encrypt_scalar(cipher, mac.as_bytes(), &lastmodified)?;
+    let mut out = String::from("sops:\n    age:\n");
     for recipient in recipients {
-        let armored = age_encrypt(&data_key, recipient)?;
+        let armored = age_encrypt(data_key, recipient)?;
         out.push_str(&format!(
             "        - recipient: {recipient}\n          enc: |\n"
         ));
@@ -115,7 +211,7 @@ pub fn encrypt(
         }
     }
     out.push_str(&format!(
-        "    lastmodified: \"{lastmodified}\"\n    mac: {encrypted_mac}\n    unencrypted_suffix: _unencrypted\n    version: {SOPS_VERSION}\n"
+        "    lastmodified: \"{lastmodified}\"\n    mac: {encrypted_mac}\n    {selector}\n    version: {SOPS_VERSION}\n"
     ));
     Ok(out)
 }

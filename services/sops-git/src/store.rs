@@ -12,17 +12,20 @@
 //! contract checks on the new tip and tries again, a bounded number of times.
 
 use std::{
+    cell::Cell,
     path::{Path, PathBuf},
     sync::Mutex,
     time::{Duration, Instant},
 };
 
 use aes_gcm::aead::{OsRng, rand_core::RngCore};
+use base64::Engine;
 use git2::{
-    Commit, Direction, ErrorClass, ErrorCode, FetchOptions, Index, IndexEntry, IndexTime, Oid,
-    PushOptions, RemoteCallbacks, Repository, Signature, Tree,
+    CertificateCheckStatus, Commit, Cred, CredentialType, Direction, ErrorClass, ErrorCode,
+    FetchOptions, Index, IndexEntry, IndexTime, Oid, PushOptions, RemoteCallbacks, Repository,
+    Signature, Tree, cert::Cert,
 };
-use shared::{Error, Result};
+use shared::{Error, Result, Secret};
 
 const REMOTE: &str = "origin";
 
@@ -41,6 +44,26 @@ pub struct StoreOptions {
     /// Reads fetch first when the last fetch is older than this (zero:
     /// always), so that writes of other processes become visible.
     pub read_fetch_interval: Duration,
+    /// Credentials and host verification for http(s):// and ssh:// remotes.
+    pub auth: Auth,
+}
+
+/// How we prove who we are to the remote, and how we check who it is.
+#[derive(Clone, Debug, Default)]
+pub struct Auth {
+    /// User name for https (and for ssh when the URL names none; default
+    /// `git`).
+    pub username: Option<String>,
+    /// https password or access token.
+    pub password: Option<Secret>,
+    /// ssh private key file.
+    pub ssh_key: Option<PathBuf>,
+    pub ssh_passphrase: Option<Secret>,
+    /// OpenSSH known_hosts file the ssh host key must be listed in. Unset:
+    /// libgit2's own check against `~/.ssh/known_hosts`.
+    pub known_hosts: Option<PathBuf>,
+    /// Accept any ssh host key (tests and throwaway setups only).
+    pub insecure_skip_host_key_check: bool,
 }
 
 /// A read-only view of the branch tip.
@@ -115,11 +138,17 @@ pub struct GitStore {
     /// libgit2 repositories are not `Sync`; one writer at a time per process
     /// also avoids pointless self-conflicts.
     inner: Mutex<Inner>,
+    /// A second handle on the clone for reads that need no fetch (with
+    /// APP_GIT_READ_FETCH_INTERVAL above zero), so they never queue behind
+    /// a write's fetch and push.
+    reader: Mutex<Repository>,
+    /// When the last fetch finished; outside `inner` so a read can tell
+    /// without waiting for the writer.
+    last_fetch: Mutex<Option<Instant>>,
 }
 
 struct Inner {
     repo: Repository,
-    last_fetch: Option<Instant>,
 }
 
 impl GitStore {
@@ -146,12 +175,13 @@ impl GitStore {
                     .map_err(|e| internal("adding the remote", e))?;
             }
         }
+        let reader = Repository::open_bare(&opts.clone_dir)
+            .map_err(|e| internal("opening the local clone", e))?;
         Ok(Self {
             opts,
-            inner: Mutex::new(Inner {
-                repo,
-                last_fetch: None,
-            }),
+            inner: Mutex::new(Inner { repo }),
+            reader: Mutex::new(reader),
+            last_fetch: Mutex::new(None),
         })
     }
 
@@ -177,12 +207,16 @@ impl GitStore {
         let spec = format!("+refs/heads/{0}:{1}", self.opts.branch, self.tracking_ref());
         let mut fo = FetchOptions::new();
         fo.prune(git2::FetchPrune::On);
+        fo.remote_callbacks(self.callbacks());
         remote
             .fetch(&[spec.as_str()], Some(&mut fo), None)
             .map_err(|e| remote_error("fetch", e))?;
         // A branch deleted on the remote leaves no tracking ref behind after
         // the prune; nothing else to do.
-        inner.last_fetch = Some(Instant::now());
+        *self
+            .last_fetch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
         Ok(())
     }
 
@@ -200,22 +234,39 @@ impl GitStore {
     /// Runs `f` on the branch tip, fetching first if the local copy may be
     /// stale. Blocking.
     pub fn read<T>(&self, f: impl FnOnce(&Snapshot<'_>) -> Result<T>) -> Result<T> {
+        if !self.fetch_due() {
+            let repo = self
+                .reader
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            return self.read_on(&repo, f);
+        }
         let mut inner = self.lock()?;
-        let stale = inner
-            .last_fetch
-            .is_none_or(|t| t.elapsed() >= self.opts.read_fetch_interval);
-        if stale {
+        // Another read may have fetched while we waited.
+        if self.fetch_due() {
             self.fetch(&mut inner)?;
         }
-        let tip = self.tip(&inner.repo)?;
+        self.read_on(&inner.repo, f)
+    }
+
+    fn fetch_due(&self) -> bool {
+        self.last_fetch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_none_or(|t| t.elapsed() >= self.opts.read_fetch_interval)
+    }
+
+    fn read_on<T>(
+        &self,
+        repo: &Repository,
+        f: impl FnOnce(&Snapshot<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let tip = self.tip(repo)?;
         let tree = match &tip {
             Some(c) => Some(c.tree().map_err(|e| internal("reading the tip tree", e))?),
             None => None,
         };
-        f(&Snapshot {
-            repo: &inner.repo,
-            tree,
-        })
+        f(&Snapshot { repo, tree })
     }
 
     /// Fetches, lets `plan` check the contract on the fresh tip and describe
@@ -336,7 +387,7 @@ impl GitStore {
             .map_err(|e| internal("finding the remote", e))?;
         let mut rejected: Option<String> = None;
         let result = {
-            let mut cbs = RemoteCallbacks::new();
+            let mut cbs = self.callbacks();
             cbs.push_update_reference(|_, status| {
                 if let Some(s) = status {
                     rejected = Some(s.to_owned());
@@ -355,22 +406,217 @@ impl GitStore {
         }
     }
 
+    /// Credential and host-key callbacks for one remote operation.
+    fn callbacks(&self) -> RemoteCallbacks<'_> {
+        let auth = &self.opts.auth;
+        let url = self.opts.remote_url.as_str();
+        let mut cbs = RemoteCallbacks::new();
+        // libgit2 asks again after every rejection; a second ask for the same
+        // kind means our credentials were refused, so stop instead of looping.
+        let tries = Cell::new(0u32);
+        cbs.credentials(move |_, url_user, allowed| {
+            tries.set(tries.get() + 1);
+            if tries.get() > 3 {
+                return Err(auth_error("the git remote rejected our credentials"));
+            }
+            credential(auth, url_user, allowed)
+        });
+        cbs.certificate_check(move |cert, host| check_host(auth, url, cert, host));
+        cbs
+    }
+
     /// Asks the remote for its refs (ls-remote): the health probe.
     pub fn ping(&self) -> Result<()> {
+        self.ls_remote().map_err(|(what, e)| remote_error(what, e))
+    }
+
+    fn ls_remote(&self) -> std::result::Result<(), (&'static str, git2::Error)> {
         // Its own handle on the clone: a probe must not queue behind a long
         // write holding the shared one, or health would flap under load.
-        let repo = Repository::open_bare(&self.opts.clone_dir)
-            .map_err(|e| internal("opening the local clone", e))?;
+        let repo = Repository::open_bare(&self.opts.clone_dir).map_err(|e| ("open", e))?;
         let mut remote = repo
             .remote_anonymous(&self.opts.remote_url)
-            .map_err(|e| internal("creating a remote", e))?;
+            .map_err(|e| ("remote", e))?;
         remote
-            .connect(Direction::Fetch)
-            .map_err(|e| remote_error("connect", e))?;
-        remote.list().map_err(|e| remote_error("ls-remote", e))?;
+            .connect_auth(Direction::Fetch, Some(self.callbacks()), None)
+            .map_err(|e| ("connect", e))?;
+        remote.list().map_err(|e| ("ls-remote", e))?;
         let _ = remote.disconnect();
         Ok(())
     }
+
+    /// At startup: refused credentials or an unverified host key end the
+    /// process with the reason (a configuration error that no retry fixes);
+    /// an unreachable remote only delays SERVING. Blocking.
+    pub fn check_access(&self) -> Result<()> {
+        match self.ls_remote() {
+            Ok(()) => Ok(()),
+            Err((_, e)) if is_auth_failure(&e) => Err(Error::invalid_argument(format!(
+                "the git remote refused access: {} (check APP_GIT_USERNAME/APP_GIT_PASSWORD_FILE, APP_GIT_SSH_KEY_FILE, APP_GIT_SSH_KNOWN_HOSTS_FILE)",
+                e.message()
+            ))),
+            Err((what, e)) => {
+                tracing::warn!(error = %e.message(), what, "the git remote does not answer yet; health stays NOT_SERVING until it does");
+                Ok(())
+            }
+        }
+    }
+}
+
+fn auth_error(message: &str) -> git2::Error {
+    git2::Error::new(ErrorCode::Auth, ErrorClass::Callback, message)
+}
+
+/// The credential for what the remote asks for.
+fn credential(
+    auth: &Auth,
+    url_user: Option<&str>,
+    allowed: CredentialType,
+) -> Result<Cred, git2::Error> {
+    let user = url_user.or(auth.username.as_deref()).unwrap_or("git");
+    if allowed.contains(CredentialType::SSH_KEY) {
+        let Some(key) = &auth.ssh_key else {
+            return Err(auth_error(
+                "the git remote wants an ssh key: set APP_GIT_SSH_KEY_FILE",
+            ));
+        };
+        return Cred::ssh_key(
+            user,
+            None,
+            key,
+            auth.ssh_passphrase.as_ref().map(Secret::expose),
+        );
+    }
+    if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
+        let Some(password) = &auth.password else {
+            return Err(auth_error(
+                "the git remote wants a user name and password: set APP_GIT_USERNAME and APP_GIT_PASSWORD_FILE",
+            ));
+        };
+        let user = auth.username.as_deref().or(url_user).unwrap_or("git");
+        return Cred::userpass_plaintext(user, password.expose());
+    }
+    if allowed.contains(CredentialType::USERNAME) {
+        return Cred::username(user);
+    }
+    Err(auth_error(
+        "the git remote asks for a kind of credential we do not have",
+    ))
+}
+
+/// Host verification: TLS certificates are left to OpenSSL (system CAs, or
+/// APP_GIT_CA_FILE); ssh host keys are checked against our known_hosts file.
+fn check_host(
+    auth: &Auth,
+    url: &str,
+    cert: &Cert<'_>,
+    host: &str,
+) -> Result<CertificateCheckStatus, git2::Error> {
+    let Some(hostkey) = cert.as_hostkey() else {
+        return Ok(CertificateCheckStatus::CertificatePassthrough);
+    };
+    if auth.insecure_skip_host_key_check {
+        return Ok(CertificateCheckStatus::CertificateOk);
+    }
+    let Some(file) = &auth.known_hosts else {
+        return Ok(CertificateCheckStatus::CertificatePassthrough);
+    };
+    let reject = |m: &str| git2::Error::new(ErrorCode::Certificate, ErrorClass::Ssh, m);
+    let Some(key) = hostkey.hostkey() else {
+        return Err(reject("the ssh server sent no host key"));
+    };
+    let text = std::fs::read_to_string(file)
+        .map_err(|_| reject("cannot read APP_GIT_SSH_KNOWN_HOSTS_FILE"))?;
+    let name = match ssh_port(url) {
+        Some(port) if port != 22 => format!("[{host}]:{port}"),
+        _ => host.to_owned(),
+    };
+    if known_hosts_lists(&text, &name, key) {
+        Ok(CertificateCheckStatus::CertificateOk)
+    } else {
+        Err(reject(
+            "the ssh host key is not in APP_GIT_SSH_KNOWN_HOSTS_FILE (add the line `ssh-keyscan -p <port> <host>` prints, after checking it)",
+        ))
+    }
+}
+
+/// Whether an OpenSSH known_hosts text lists `key` (the raw wire-format host
+/// key) for `name` (`host`, or `[host]:port` off port 22). Plain host
+/// patterns only (`*`/`?` wildcards and `!` negation honoured); hashed
+/// (`|1|…`) entries never match, and a matching `@revoked` line rejects.
+fn known_hosts_lists(text: &str, name: &str, key: &[u8]) -> bool {
+    let mut listed = false;
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(mut hosts) = fields.next() else {
+            continue;
+        };
+        if hosts.starts_with('#') {
+            continue;
+        }
+        let marker = hosts.strip_prefix('@');
+        if marker.is_some() {
+            match fields.next() {
+                Some(h) => hosts = h,
+                None => continue,
+            }
+        }
+        let (Some(_kind), Some(b64)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let Ok(listed_key) = base64::engine::general_purpose::STANDARD.decode(b64) else {
+            continue;
+        };
+        if listed_key != key || !host_matches(hosts, name) {
+            continue;
+        }
+        match marker {
+            Some("revoked") => return false,
+            Some(_) => {}
+            None => listed = true,
+        }
+    }
+    listed
+}
+
+fn host_matches(patterns: &str, name: &str) -> bool {
+    let mut hit = false;
+    for pattern in patterns.split(',') {
+        if let Some(negated) = pattern.strip_prefix('!') {
+            if glob(negated.as_bytes(), name.as_bytes()) {
+                return false;
+            }
+        } else if glob(pattern.as_bytes(), name.as_bytes()) {
+            hit = true;
+        }
+    }
+    hit
+}
+
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    match (p.first(), s.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => glob(&p[1..], s) || (!s.is_empty() && glob(p, &s[1..])),
+        (Some(b'?'), Some(_)) => glob(&p[1..], &s[1..]),
+        (Some(a), Some(b)) if a.eq_ignore_ascii_case(b) => glob(&p[1..], &s[1..]),
+        _ => false,
+    }
+}
+
+/// The port of an `ssh://[user@]host[:port]/path` URL (None: default, or
+/// the scp-like `user@host:path` form, which has no port).
+fn ssh_port(url: &str) -> Option<u16> {
+    let rest = url
+        .strip_prefix("ssh://")
+        .or_else(|| url.strip_prefix("git+ssh://"))
+        .or_else(|| url.strip_prefix("ssh+git://"))?;
+    let authority = rest.split('/').next()?;
+    let host_port = authority.rsplit('@').next()?;
+    let port = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split_once("]:")?.1,
+        None => host_port.split_once(':')?.1,
+    };
+    port.parse().ok()
 }
 
 /// The directory of a local remote (`file://` URL or plain path), if it is one.
@@ -496,11 +742,27 @@ fn remote_error(what: &'static str, e: git2::Error) -> Error {
     if e.code() == ErrorCode::NotFastForward {
         return Error::aborted(format!("git {what} lost a race; retry")).with_source(e);
     }
+    if is_auth_failure(&e) {
+        // Still UNAVAILABLE to callers (health turns NOT_SERVING), but the
+        // message says what to fix.
+        return Error::unavailable(format!(
+            "the git remote refused our credentials or failed the host check ({what})"
+        ))
+        .with_source(e);
+    }
     if unreachable {
         Error::unavailable(format!("the git remote cannot be reached ({what})")).with_source(e)
     } else {
         Error::internal(format!("git {what} failed")).with_source(e)
     }
+}
+
+/// Rejected credentials or an unverified host: configuration to fix, not a
+/// passing outage.
+pub fn is_auth_failure(e: &git2::Error) -> bool {
+    matches!(e.code(), ErrorCode::Auth | ErrorCode::Certificate)
+        || (e.class() == ErrorClass::Http && e.message().contains("401"))
+        || (e.class() == ErrorClass::Ssl && e.message().contains("certificate"))
 }
 
 /// Creates a bare repository at `dir` unless one exists (the default remote
@@ -530,6 +792,7 @@ mod tests {
             author_name: "t".into(),
             author_email: "t@t".into(),
             read_fetch_interval: Duration::ZERO,
+            auth: Auth::default(),
         })
         .expect("store")
     }
@@ -668,6 +931,54 @@ mod tests {
             s.ping().expect_err("ping").kind(),
             shared::ErrorKind::Unavailable
         );
+    }
+
+    #[test]
+    fn reads_between_fetches_do_not_wait_for_a_writer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = store(dir.path());
+        s.opts.read_fetch_interval = Duration::from_secs(3600);
+        s.write(|_| Ok(Some(put("a", "x")))).expect("write");
+        let s = std::sync::Arc::new(s);
+        // Stands in for a write busy pushing.
+        let writer = s.lock().expect("lock");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::sync::Arc::clone(&s);
+        std::thread::spawn(move || {
+            let _ = tx.send(reader.read(|snap| snap.read("a")));
+        });
+        let got = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the read waited for the writer")
+            .expect("read");
+        assert_eq!(got.as_deref(), Some(&b"x"[..]));
+        drop(writer);
+    }
+
+    #[test]
+    fn known_hosts_entries_match_by_host_port_and_key() {
+        let key = b"raw-host-key";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(key);
+        let other = base64::engine::general_purpose::STANDARD.encode(b"other");
+        let text = format!(
+            "# comment\n\n[127.0.0.1]:2222 ssh-ed25519 {b64}\ngit.example.com,10.0.0.1 ssh-ed25519 {b64}\n*.wild.example ssh-ed25519 {b64}\n|1|hashed= ssh-ed25519 {b64}\nmixed ssh-ed25519 {other}\n"
+        );
+        assert!(known_hosts_lists(&text, "[127.0.0.1]:2222", key));
+        assert!(!known_hosts_lists(&text, "127.0.0.1", key), "port matters");
+        assert!(known_hosts_lists(&text, "10.0.0.1", key));
+        assert!(known_hosts_lists(&text, "a.wild.example", key));
+        assert!(!known_hosts_lists(&text, "mixed", key), "other key");
+        assert!(!known_hosts_lists(&text, "unknown", key));
+        let revoked = format!("{text}@revoked git.example.com ssh-ed25519 {b64}\n");
+        assert!(!known_hosts_lists(&revoked, "git.example.com", key));
+    }
+
+    #[test]
+    fn ssh_ports_come_from_the_url() {
+        assert_eq!(ssh_port("ssh://git@host:2222/x.git"), Some(2222));
+        assert_eq!(ssh_port("ssh://git@host/x.git"), None);
+        assert_eq!(ssh_port("ssh://[::1]:2200/x.git"), Some(2200));
+        assert_eq!(ssh_port("git@host:org/x.git"), None);
     }
 
     #[test]

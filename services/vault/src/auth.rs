@@ -327,6 +327,12 @@ async fn login(conn: &Connection, method: &Method, generation: u64) -> Result<Cu
 }
 
 fn from_auth(conn: &Connection, auth: vaultrs::api::AuthInfo, generation: u64) -> Result<Current> {
+    tracing::debug!(
+        generation,
+        ttl = auth.lease_duration,
+        renewable = auth.renewable,
+        "logged in to vault"
+    );
     let token = Secret::new(auth.client_token);
     Ok(Current {
         client: Arc::new(conn.client(&token)?),

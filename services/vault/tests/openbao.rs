@@ -270,3 +270,202 @@ async fn trace_logs_contain_neither_the_token_nor_a_value() {
         "the base64 form of the value appears in the logs"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn namespace_backend_passes_the_conformance_suite_and_writes_inside_the_namespace() {
+    let bao = Bao::start();
+    bao.must(&["namespace", "create", "team-a"]);
+    bao.must(&[
+        "secrets",
+        "enable",
+        "-namespace=team-a",
+        "-path=secret",
+        "kv-v2",
+    ]);
+    let mut env = root_env(&bao);
+    env.push(("VAULT_NAMESPACE", "team-a".into()));
+    let backend = start_backend(&env).serving().await;
+    assert_clean(&conformance(&backend.url).await, 40);
+    create(&backend, "in-namespace", b"ns")
+        .await
+        .expect("create");
+
+    let inside = bao.must(&[
+        "kv",
+        "list",
+        "-namespace=team-a",
+        "-format=json",
+        "secret/capact",
+    ]);
+    assert!(inside.contains("in-namespace/"), "{inside}");
+    // The root namespace's own secret/ mount stays untouched.
+    let root = bao.cli(&["kv", "list", "-format=json", "secret/capact"]);
+    assert!(
+        !root.as_deref().unwrap_or_default().contains("in-namespace"),
+        "{root:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_certificate_is_needed_and_with_it_the_conformance_suite_passes() {
+    let bao = support::MtlsBao::start();
+    let ca = path_str(&bao.file("ca.crt")).to_owned();
+    let base = vec![
+        ("VAULT_ADDR", bao.addr()),
+        ("VAULT_TOKEN", bao.root_token.clone()),
+        ("VAULT_CACERT", ca),
+    ];
+
+    // Without the certificate the TLS handshake fails: the backend cannot
+    // reach Vault and refuses to start (UNAVAILABLE at login).
+    let mut without = start_backend(&base);
+    let (code, log) = without.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("cannot be reached"), "{log}");
+
+    let mut env = base.clone();
+    env.push((
+        "VAULT_CLIENT_CERT",
+        path_str(&bao.file("client.crt")).to_owned(),
+    ));
+    env.push((
+        "VAULT_CLIENT_KEY",
+        path_str(&bao.file("client.key")).to_owned(),
+    ));
+    let backend = start_backend(&env).serving().await;
+    assert_clean(&conformance(&backend.url).await, 40);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replaced_token_file_is_picked_up_after_the_old_token_is_revoked() {
+    let bao = Bao::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("token");
+    let first = bao.must(&["token", "create", "-policy=root", "-field=token"]);
+    std::fs::write(&file, &first).expect("write token file");
+    let mut backend = start_backend(&[
+        ("VAULT_ADDR", bao.addr()),
+        ("VAULT_TOKEN_FILE", path_str(&file).to_owned()),
+        ("APP_VAULT_TOKEN_FILE_POLL", "1s".into()),
+    ])
+    .serving()
+    .await;
+    create(&backend, "rotated", b"1").await.expect("create");
+
+    // Replace the file (as a Vault Agent does: write aside, rename), then
+    // revoke the old token so that only the new one works.
+    let second = bao.must(&["token", "create", "-policy=root", "-field=token"]);
+    let aside = dir.path().join("token.new");
+    std::fs::write(&aside, &second).expect("write new token");
+    std::fs::rename(&aside, &file).expect("replace token file");
+    bao.must(&["token", "revoke", &first]);
+
+    // At once (a 403 makes the backend re-read the file) ...
+    update(&backend, "rotated", 2, b"2")
+        .await
+        .unwrap_or_else(|s| panic!("update right after rotation: {s:?}\n{}", backend.logs()));
+    // ... and after the poll interval, when the health probe has used it too.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    backend
+        .wait_health(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    update(&backend, "rotated", 3, b"3").await.expect("update");
+    assert_eq!(get(&backend, "rotated", 3).await.expect("get"), b"3");
+    assert!(!backend.logs().contains(&second));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubernetes_login_passes_the_conformance_suite_and_logs_in_again_on_expiry() {
+    let cluster = testkit::kube::Cluster::start().await;
+    let ns = cluster.create_namespace("vault").await;
+    // OpenBao checks service-account JWTs with a TokenReview, as this reviewer.
+    let reviewer = cluster
+        .service_account_identity(&ns, "vault-reviewer")
+        .await;
+    cluster
+        .apply(
+            &format!(
+                r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: vault-reviewer-{ns}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: system:auth-delegator
+subjects:
+- kind: ServiceAccount
+  name: vault-reviewer
+  namespace: {ns}
+"#
+            ),
+            &ns,
+        )
+        .await;
+    let app = cluster
+        .service_account_identity(&ns, "capact-backend")
+        .await;
+
+    let bao = Bao::start();
+    bao.must(&["auth", "enable", "kubernetes"]);
+    let ca = format!("kubernetes_ca_cert=@{}", path_str(&cluster.ca_path()));
+    bao.must(&[
+        "write",
+        "auth/kubernetes/config",
+        &format!("kubernetes_host={}", cluster.server_url()),
+        &ca,
+        "disable_local_ca_jwt=true",
+        &format!("token_reviewer_jwt={}", reviewer.token),
+    ]);
+    bao.cli_input(
+        &["policy", "write", "capact", "-"],
+        Some(
+            r#"path "secret/*" { capabilities = ["create", "read", "update", "delete", "list"] }"#,
+        ),
+    )
+    .expect("policy write");
+    // Tokens that cannot outlive 4 s: the backend must log in again, often.
+    bao.must(&[
+        "write",
+        "auth/kubernetes/role/capact",
+        "bound_service_account_names=capact-backend",
+        &format!("bound_service_account_namespaces={ns}"),
+        "token_policies=capact",
+        "token_ttl=4s",
+        "token_max_ttl=4s",
+    ]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jwt = dir.path().join("token");
+    std::fs::write(&jwt, &app.token).expect("write jwt");
+
+    let backend = start_backend(&[
+        ("VAULT_ADDR", bao.addr()),
+        ("APP_VAULT_K8S_ROLE", "capact".into()),
+        ("APP_VAULT_K8S_JWT_FILE", path_str(&jwt).to_owned()),
+        ("APP_LOG_LEVEL", "info,vault=debug".into()),
+    ])
+    .serving()
+    .await;
+    assert_clean(&conformance(&backend.url).await, 40);
+
+    create(&backend, "k8s-relogin", b"1").await.expect("create");
+    let start = Instant::now();
+    let mut rev = 1;
+    while start.elapsed() < Duration::from_secs(10) {
+        rev += 1;
+        update(&backend, "k8s-relogin", rev, rev.to_string().as_bytes())
+            .await
+            .unwrap_or_else(|s| {
+                panic!(
+                    "update {rev} after {:?}: {s:?}\n{}",
+                    start.elapsed(),
+                    backend.logs()
+                )
+            });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Tokens live 4 s at most, so the run above needed several logins.
+    let logins = backend.logs().matches("logged in to vault").count();
+    assert!(logins >= 3, "only {logins} kubernetes logins in 10 s");
+    assert!(!backend.logs().contains(&app.token));
+}

@@ -58,13 +58,13 @@ uses (kept equal to deploy/rbac/<backend>.yaml by tools/deploy-check). */ -}}
 {{- if eq .Values.backend "kubernetes-secret" -}}
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, list, create, update, patch, delete]
+  verbs: [get, list, create, update, delete]
 {{- else if eq .Values.backend "flux-helmrelease" -}}
 - apiGroups: [helm.toolkit.fluxcd.io]
   resources: [helmreleases]
   verbs: [get, list, watch, patch]
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, list, create, delete]
+  verbs: [get, list, create, update, delete]
 {{- end -}}
 {{- end -}}

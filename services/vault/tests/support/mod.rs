@@ -161,3 +161,243 @@ pub fn start_backend(env: &[(&str, &str)]) -> BackendProcess {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and, signed by it, a server certificate for 127.0.0.1
+/// (`server.crt`/`server.key`) and a client certificate
+/// (`client.crt`/`client.key`), all in `dir`.
+pub fn make_certs(dir: &Path) {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+    let mut ca = vec!["req", "-x509", "-nodes", "-days", "30"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-subj",
+        "/CN=vault-test-ca",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(dir, &ca);
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        let mut csr = vec!["req", "-nodes"];
+        csr.extend(ec);
+        let (key, req, crt, extf, subj) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+            format!("{name}.ext"),
+            format!("/CN=vault-test-{name}"),
+        );
+        csr.extend(["-keyout", &key, "-out", &req, "-subj", &subj]);
+        openssl(dir, &csr);
+        std::fs::write(
+            dir.join(&extf),
+            format!("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n{ext}"),
+        )
+        .expect("write extension file");
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &req,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "30",
+                "-extfile",
+                &extf,
+                "-out",
+                &crt,
+            ],
+        );
+    }
+}
+
+/// A non-dev OpenBao (raft storage in a tempdir) whose listener requires a
+/// client certificate signed by the test CA; initialised with one unseal
+/// key, unsealed, KV v2 enabled at `secret/`.
+pub struct MtlsBao {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub root_token: String,
+    pub process: Guard,
+    pub log: PathBuf,
+}
+
+impl MtlsBao {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        make_certs(dir.path());
+        let port = free_port();
+        let d = dir.path().display();
+        std::fs::create_dir(dir.path().join("raft")).expect("raft dir");
+        let config = format!(
+            r#"storage "raft" {{
+  path = "{d}/raft"
+  node_id = "node1"
+  # Raft's default 1 MiB entry limit is below the backend's value limit.
+  max_entry_size = 67108864
+}}
+listener "tcp" {{
+  address = "127.0.0.1:{port}"
+  cluster_address = "127.0.0.1:{cport}"
+  tls_cert_file = "{d}/server.crt"
+  tls_key_file = "{d}/server.key"
+  tls_client_ca_file = "{d}/ca.crt"
+  tls_require_and_verify_client_cert = true
+}}
+api_addr = "https://127.0.0.1:{port}"
+cluster_addr = "https://127.0.0.1:{cport}"
+disable_mlock = true
+"#,
+            cport = port + 1
+        );
+        let config_path = dir.path().join("bao.hcl");
+        std::fs::write(&config_path, config).expect("write bao config");
+        let log = dir.path().join("bao.log");
+        let out = std::fs::File::create(&log).expect("bao log file");
+        let err = out.try_clone().expect("bao log file");
+        let child = Command::new(bao_bin())
+            .arg("server")
+            .arg(format!("-config={}", config_path.display()))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("start bao");
+        let mut bao = Self {
+            port,
+            dir,
+            root_token: String::new(),
+            process: Guard::new(child),
+            log,
+        };
+        bao.init_and_unseal();
+        bao
+    }
+
+    pub fn addr(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn init_and_unseal(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let init = loop {
+            match self.cli(&[
+                "operator",
+                "init",
+                "-key-shares=1",
+                "-key-threshold=1",
+                "-format=json",
+            ]) {
+                Ok(out) => break out,
+                Err(e) if Instant::now() > deadline => panic!(
+                    "bao operator init failed: {e}\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                ),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        };
+        let init: serde_json::Value = serde_json::from_str(&init).expect("init json");
+        let key = init["unseal_keys_b64"][0]
+            .as_str()
+            .expect("unseal key")
+            .to_owned();
+        self.root_token = init["root_token"].as_str().expect("root token").to_owned();
+        self.must(&["operator", "unseal", &key]);
+        // Raft elects itself leader shortly after unseal: 200 from then on.
+        loop {
+            let status = self.health_status();
+            if status == Some(200) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "openbao health is {status:?} after unseal\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // The secrets engine can still refuse while the leader settles.
+        loop {
+            match self.cli(&["secrets", "enable", "-path=secret", "kv-v2"]) {
+                Ok(_) => break,
+                Err(e) if Instant::now() > deadline => panic!("enable kv-v2: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    /// The HTTP status of /v1/sys/health (via curl with the client certificate).
+    fn health_status(&self) -> Option<u16> {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(self.file("ca.crt"))
+            .arg("--cert")
+            .arg(self.file("client.crt"))
+            .arg("--key")
+            .arg(self.file("client.key"))
+            .arg(format!("{}/v1/sys/health", self.addr()))
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    }
+
+    /// Runs the `bao` CLI as root with the client certificate.
+    pub fn cli(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(bao_bin())
+            .args(args)
+            .env("BAO_ADDR", self.addr())
+            .env("BAO_TOKEN", &self.root_token)
+            .env("BAO_CACERT", self.file("ca.crt"))
+            .env("BAO_CLIENT_CERT", self.file("client.crt"))
+            .env("BAO_CLIENT_KEY", self.file("client.key"))
+            .env_remove("VAULT_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    pub fn must(&self, args: &[&str]) -> String {
+        self.cli(args)
+            .unwrap_or_else(|e| panic!("bao {args:?} failed: {e}"))
+    }
+}

@@ -1,0 +1,287 @@
+//! GetValue and OnUpdate through the `aws-secretsmanager-backend` binary
+//! (gRPC) against the same Secrets Manager calls made directly with
+//! aws-sdk-secretsmanager, in one run, on one moto server.
+//!
+//! `cargo bench -p aws-secretsmanager --bench direct` (needs `moto_server`:
+//! see tests/setup.sh). Rows, at concurrency 1 and 16, a fixed number of calls each:
+//! - `get cN backend`: GetValue of revision 1 through the backend;
+//! - `get cN direct`: GetSecretValue of the same secret (`capact/<id>/1`);
+//! - `update cN backend`: OnUpdate to the next revision, each worker on its
+//!   own TypeInstance;
+//! - `update cN direct`: one CreateSecret of a new secret (the least a
+//!   create-only revision write costs);
+//! - `update cN direct-4`: the four calls the backend makes for one
+//!   OnUpdate (read the head, put the next head version, move AWSCURRENT,
+//!   create the revision secret), to separate the gRPC hop from the layout's cost.
+//!
+//! Timings are printed, never asserted. Without `--bench` (e.g. `cargo test
+//! --benches`) it does nothing.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::{process::ExitCode, sync::Arc};
+
+use aws_sdk_secretsmanager::Client;
+use bench::{
+    Report, RunOptions,
+    cli::make_value,
+    harness::{Pool, checked},
+};
+use support::{direct_client, start_backend};
+use testkit::moto::Moto;
+
+/// The backend's default `APP_SM_NAME_PREFIX`.
+const PREFIX: &str = "capact";
+const VALUE_SIZE: usize = 1024;
+const GET_OPS: u64 = 1000;
+const UPDATE_OPS: u64 = 300;
+const WARMUP_OPS: u64 = 30;
+const CONCURRENCY: [usize; 2] = [1, 16];
+/// TypeInstances read by the get rows (workers pick one by call number).
+const GET_IDS: usize = 16;
+
+fn main() -> ExitCode {
+    bench::harness::bench_main("aws-secretsmanager direct bench", bench_all)
+}
+
+fn options(concurrency: usize, ops: u64) -> RunOptions {
+    RunOptions {
+        concurrency,
+        duration: None,
+        ops: Some(ops),
+        warmup_ops: WARMUP_OPS,
+    }
+}
+
+fn err(what: &str, e: impl std::fmt::Debug) -> String {
+    format!("{what}: {e:?}")
+}
+
+async fn bench_all() -> Result<Report, String> {
+    let moto = Moto::start();
+    let backend = start_backend(&moto, &[]).await;
+    let target = Arc::new(
+        conformance::Target::connect(&conformance::Connect::plain(&backend.url), None).await?,
+    );
+    let direct = Arc::new(direct_client(&moto));
+    let value = make_value(VALUE_SIZE);
+    let text = Arc::new(
+        String::from_utf8(value.to_vec()).map_err(|_| "bench value is not text".to_owned())?,
+    );
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let run_id = run_id[..8].to_owned();
+
+    let mut report =
+        Report::new("aws-secretsmanager-backend (gRPC) vs aws-sdk direct, moto server");
+    report
+        .param("moto", "5.2.5 (moto_server, in memory)")
+        .param("value_size", VALUE_SIZE)
+        .param("get_ops", GET_OPS)
+        .param("update_ops", UPDATE_OPS)
+        .param("warmup_ops", WARMUP_OPS)
+        .param(
+            "profile",
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "optimized (bench)"
+            },
+        );
+
+    // GetValue: revision 1 of GET_IDS TypeInstances created through the backend.
+    let get_ids: Arc<[String]> = (0..GET_IDS)
+        .map(|i| format!("bench-{run_id}-get-{i}"))
+        .collect();
+    for id in get_ids.iter() {
+        target
+            .create(id, &value)
+            .await
+            .map_err(|s| format!("create {id}: {s}"))?;
+    }
+    for concurrency in CONCURRENCY {
+        let name = format!("get c{concurrency} direct");
+        let (client, ids) = (Arc::clone(&direct), Arc::clone(&get_ids));
+        let stats = bench::run(
+            move |seq| {
+                let (client, ids) = (Arc::clone(&client), Arc::clone(&ids));
+                async move {
+                    let id = &ids[(seq % ids.len() as u64) as usize];
+                    client
+                        .get_secret_value()
+                        .secret_id(format!("{PREFIX}/{id}/1"))
+                        .version_stage("AWSCURRENT")
+                        .send()
+                        .await
+                        .map(drop)
+                        .map_err(|e| err("get secret value", e))
+                }
+            },
+            &options(concurrency, GET_OPS),
+        )
+        .await?;
+        report.row(&name, checked(&name, stats)?);
+
+        let name = format!("get c{concurrency} backend");
+        let (t, ids) = (Arc::clone(&target), Arc::clone(&get_ids));
+        let stats = bench::run(
+            move |seq| {
+                let (t, ids) = (Arc::clone(&t), Arc::clone(&ids));
+                async move {
+                    let id = &ids[(seq % ids.len() as u64) as usize];
+                    t.get(id, 1).await.map(drop).map_err(|s| s.to_string())
+                }
+            },
+            &options(concurrency, GET_OPS),
+        )
+        .await?;
+        report.row(&name, checked(&name, stats)?);
+        report.compare(
+            &format!("get c{concurrency} backend"),
+            &format!("get c{concurrency} direct"),
+        )?;
+    }
+
+    for concurrency in CONCURRENCY {
+        // Direct: one CreateSecret of a fresh secret per call.
+        let name = format!("update c{concurrency} direct");
+        let (client, text2, run) = (Arc::clone(&direct), Arc::clone(&text), run_id.clone());
+        let stats = bench::run(
+            move |seq| {
+                let (client, text, run) = (Arc::clone(&client), Arc::clone(&text2), run.clone());
+                async move {
+                    client
+                        .create_secret()
+                        .name(format!("bench-direct/{run}-c{concurrency}/{seq}"))
+                        .client_request_token(uuid::Uuid::new_v4().simple().to_string())
+                        .secret_string(text.as_str())
+                        .send()
+                        .await
+                        .map(drop)
+                        .map_err(|e| err("create secret", e))
+                }
+            },
+            &options(concurrency, UPDATE_OPS),
+        )
+        .await?;
+        report.row(&name, checked(&name, stats)?);
+
+        // Direct, the backend's four calls, each worker on its own head.
+        let mut slots = Vec::new();
+        for i in 0..concurrency {
+            let base = format!("bench-direct4/{run_id}-c{concurrency}-{i}");
+            direct
+                .create_secret()
+                .name(format!("{base}/head"))
+                .client_request_token(uuid::Uuid::new_v4().simple().to_string())
+                .secret_string(head_json(1))
+                .send()
+                .await
+                .map_err(|e| err("create head", e))?;
+            slots.push((base, 1u32));
+        }
+        let pool = Pool::new(slots);
+        let (client, text2) = (Arc::clone(&direct), Arc::clone(&text));
+        let name = format!("update c{concurrency} direct-4");
+        let stats = bench::run(
+            move |_| {
+                let (client, pool, text) =
+                    (Arc::clone(&client), Arc::clone(&pool), Arc::clone(&text2));
+                async move {
+                    let (base, latest) = pool.take()?;
+                    let result = four_calls(&client, &base, latest + 1, &text).await;
+                    pool.give((base, if result.is_ok() { latest + 1 } else { latest }));
+                    result
+                }
+            },
+            &options(concurrency, UPDATE_OPS),
+        )
+        .await?;
+        report.row(&name, checked(&name, stats)?);
+
+        // Through the backend.
+        let mut slots = Vec::new();
+        for i in 0..concurrency {
+            let id = format!("bench-{run_id}-upd-c{concurrency}-{i}");
+            target
+                .create(&id, &value)
+                .await
+                .map_err(|s| format!("create {id}: {s}"))?;
+            slots.push((id, 2u32));
+        }
+        let pool = Pool::new(slots);
+        let (t, value2) = (Arc::clone(&target), value.clone());
+        let name = format!("update c{concurrency} backend");
+        let stats = bench::run(
+            move |_| {
+                let (t, pool, value) = (Arc::clone(&t), Arc::clone(&pool), value2.clone());
+                async move {
+                    let (id, rev) = pool.take()?;
+                    let result = t.update(&id, rev, &value, None).await;
+                    pool.give((id, rev + 1));
+                    result.map_err(|s| s.to_string())
+                }
+            },
+            &options(concurrency, UPDATE_OPS),
+        )
+        .await?;
+        report.row(&name, checked(&name, stats)?);
+        let backend_row = format!("update c{concurrency} backend");
+        report.compare(&backend_row, &format!("update c{concurrency} direct"))?;
+        report.compare(&backend_row, &format!("update c{concurrency} direct-4"))?;
+    }
+    drop(backend);
+    drop(moto);
+    Ok(report)
+}
+
+fn head_json(latest: u32) -> String {
+    format!(
+        r#"{{"managed_by":"capact-storage","state":"live","latest":{latest},"lock":null,"high":{latest}}}"#
+    )
+}
+
+/// What the backend does for one OnUpdate of a new revision, as plain SDK
+/// calls: read the head, write its next version under a pending label,
+/// move AWSCURRENT to it (the compare-and-swap), create the revision secret.
+async fn four_calls(client: &Client, base: &str, next: u32, text: &str) -> Result<(), String> {
+    let head = format!("{base}/head");
+    let current = client
+        .get_secret_value()
+        .secret_id(&head)
+        .version_stage("AWSCURRENT")
+        .send()
+        .await
+        .map_err(|e| err("read head", e))?;
+    let from = current
+        .version_id
+        .ok_or_else(|| "head without version id".to_owned())?;
+    let version = uuid::Uuid::new_v4().simple().to_string();
+    client
+        .put_secret_value()
+        .secret_id(&head)
+        .client_request_token(&version)
+        .secret_string(head_json(next))
+        .version_stages("capact-pending")
+        .send()
+        .await
+        .map_err(|e| err("put head", e))?;
+    client
+        .update_secret_version_stage()
+        .secret_id(&head)
+        .version_stage("AWSCURRENT")
+        .move_to_version_id(&version)
+        .remove_from_version_id(&from)
+        .send()
+        .await
+        .map_err(|e| err("move stage", e))?;
+    client
+        .create_secret()
+        .name(format!("{base}/{next}"))
+        .client_request_token(uuid::Uuid::new_v4().simple().to_string())
+        .secret_string(text)
+        .send()
+        .await
+        .map(drop)
+        .map_err(|e| err("create revision", e))
+}

@@ -1,0 +1,902 @@
+//! A `ContextStorageBackend` that lets the Hub track Helm releases managed by
+//! Flux (helm.toolkit.fluxcd.io/v2 HelmRelease). The Hub sends no value: the
+//! value of a TypeInstance is a JSON projection of the HelmRelease named by
+//! its context (see [`projection`]). The latest revision is read live; every
+//! revision the Hub creates is snapshotted in a ConfigMap owned by the
+//! HelmRelease (see [`snapshot`]); tracking and locks live in one annotation
+//! on the HelmRelease (see [`tracking`]). Layout and design: README.md.
+
+pub mod kube_error;
+pub mod projection;
+pub mod snapshot;
+pub mod tracking;
+pub mod watch;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use clap::Parser;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{
+    Api, Client,
+    api::{
+        ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+        Preconditions,
+    },
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use serde_json::{Value as Json, json};
+use shared::{
+    Backend, Context, ContextBackend, Describe, Error, Owner, Result, Revision, TypeInstanceId,
+    Value, config::ServerConfig, metrics::store_call, server::BackendConfig,
+};
+
+use crate::{
+    kube_error as ke,
+    snapshot::MAX_SNAPSHOT_BYTES,
+    tracking::{Entry, SuspendChange, Tracking},
+};
+
+pub const GROUP: &str = "helm.toolkit.fluxcd.io";
+pub const VERSION: &str = "v2";
+pub const KIND: &str = "HelmRelease";
+
+/// How often a write that lost a resourceVersion race is retried before
+/// ABORTED. Every TypeInstance on one HelmRelease shares its resourceVersion.
+const MAX_ATTEMPTS: u32 = 24;
+
+/// The HelmRelease v2 resource, addressed dynamically (no generated types).
+pub fn helmrelease_resource() -> ApiResource {
+    ApiResource {
+        group: GROUP.into(),
+        version: VERSION.into(),
+        api_version: format!("{GROUP}/{VERSION}"),
+        kind: KIND.into(),
+        plural: "helmreleases".into(),
+    }
+}
+
+#[derive(Parser, Clone, Debug)]
+#[command(
+    name = "flux-helmrelease-backend",
+    version,
+    about = "Capact context storage backend tracking Flux HelmReleases"
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub server: ServerConfig,
+
+    /// kubeconfig file; unset: in-cluster service account, else $KUBECONFIG
+    /// or ~/.kube/config.
+    #[arg(long, env = "APP_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// kubeconfig context to use (default: its current context).
+    #[arg(long, env = "APP_KUBE_CONTEXT")]
+    pub kube_context: Option<String>,
+
+    /// Timeout of one call to the Kubernetes API.
+    #[arg(long, env = "APP_KUBE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub kube_timeout: Duration,
+
+    /// Namespaces whose HelmReleases may be tracked (comma-separated); empty:
+    /// every namespace (needs a ClusterRole).
+    #[arg(long, env = "APP_FLUX_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+
+    /// While a TypeInstance is locked, set `spec.suspend: true` on its
+    /// HelmRelease so that Flux stops changing the release; restored on unlock.
+    #[arg(long, env = "APP_FLUX_SUSPEND_ON_LOCK", default_value_t = false,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub suspend_on_lock: bool,
+
+    /// OnDelete also deletes the HelmRelease (when no other TypeInstance
+    /// tracks it). Off: OnDelete only stops tracking.
+    #[arg(long, env = "APP_FLUX_DELETE_RELEASE_ON_DELETE", default_value_t = false,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub delete_release_on_delete: bool,
+
+    /// Watch HelmReleases matching this label selector and report new,
+    /// changed and removed releases (log and metrics). Unset: no watch.
+    #[arg(long, env = "APP_FLUX_WATCH_SELECTOR")]
+    pub watch_selector: Option<String>,
+}
+
+impl BackendConfig for Config {
+    const QUIET_LOG_TARGETS: &'static [&'static str] = &["kube", "kube_client", "kube_runtime"];
+
+    fn server(&self) -> &ServerConfig {
+        &self.server
+    }
+}
+
+impl Config {
+    async fn client(&self) -> Result<Client> {
+        let options = KubeConfigOptions {
+            context: self.kube_context.clone(),
+            ..KubeConfigOptions::default()
+        };
+        let mut config = match &self.kubeconfig {
+            Some(path) => {
+                let kc = Kubeconfig::read_from(path).map_err(|e| {
+                    Error::invalid_argument(format!(
+                        "APP_KUBECONFIG {} is not a readable kubeconfig",
+                        path.display()
+                    ))
+                    .with_source(e)
+                })?;
+                kube::Config::from_custom_kubeconfig(kc, &options)
+                    .await
+                    .map_err(|e| {
+                        Error::invalid_argument("APP_KUBECONFIG cannot be used").with_source(e)
+                    })?
+            }
+            None if self.kube_context.is_some() => {
+                kube::Config::from_kubeconfig(&options).await.map_err(|e| {
+                    Error::invalid_argument("APP_KUBE_CONTEXT cannot be used").with_source(e)
+                })?
+            }
+            None => kube::Config::infer().await.map_err(|e| {
+                Error::invalid_argument(
+                    "no kubernetes configuration found: run in a cluster or set APP_KUBECONFIG",
+                )
+                .with_source(e)
+            })?,
+        };
+        config.connect_timeout = Some(self.kube_timeout);
+        config.read_timeout = Some(self.kube_timeout);
+        config.write_timeout = Some(self.kube_timeout);
+        Client::try_from(config).map_err(|e| {
+            Error::invalid_argument("cannot build the kubernetes client").with_source(e)
+        })
+    }
+}
+
+/// Builds the backend: connects to the API server and, if configured,
+/// starts the watch with the logging observer.
+pub async fn build(config: Config) -> Result<FluxBackend> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = config.client().await?;
+    let backend = FluxBackend::new(client, &config);
+    if let Some(selector) = config.watch_selector.clone().filter(|s| !s.is_empty()) {
+        let observer: Arc<dyn watch::ReleaseObserver> = Arc::new(watch::LogObserver::new());
+        tokio::spawn(watch::run(
+            backend.client.clone(),
+            config.namespaces.clone(),
+            selector,
+            observer,
+        ));
+    }
+    Ok(backend)
+}
+
+pub struct FluxBackend {
+    client: Client,
+    resource: ApiResource,
+    namespaces: Vec<String>,
+    suspend_on_lock: bool,
+    delete_release_on_delete: bool,
+}
+
+/// A HelmRelease as read, with its tracking state.
+struct Release {
+    namespace: String,
+    name: String,
+    uid: String,
+    resource_version: String,
+    object: Json,
+    tracking: Tracking,
+}
+
+impl Release {
+    fn what(&self) -> String {
+        format!("helmrelease {}/{}", self.namespace, self.name)
+    }
+
+    fn suspend(&self) -> Option<bool> {
+        self.object
+            .get("spec")
+            .and_then(|s| s.get("suspend"))
+            .and_then(Json::as_bool)
+    }
+
+    fn entry(&self, id: &TypeInstanceId) -> Result<&Entry> {
+        self.tracking
+            .entry(id.as_str())
+            .ok_or_else(|| not_found(id))
+    }
+
+    /// The projection as stored and returned, within the snapshot limit.
+    fn value(&self) -> Result<String> {
+        let bytes = projection::to_bytes(&projection::project(&self.object));
+        if bytes.len() > MAX_SNAPSHOT_BYTES {
+            return Err(Error::invalid_argument(format!(
+                "the value of {} is {} bytes, above this backend's limit of {MAX_SNAPSHOT_BYTES} bytes",
+                self.what(),
+                bytes.len()
+            )));
+        }
+        String::from_utf8(bytes)
+            .map_err(|e| Error::internal("projection is not utf-8").with_source(e))
+    }
+}
+
+fn not_found(id: &TypeInstanceId) -> Error {
+    Error::not_found(format!("type instance {id} not found"))
+}
+
+fn rev_not_found(id: &TypeInstanceId, rev: u32) -> Error {
+    Error::not_found(format!("revision {rev} of type instance {id} not found"))
+}
+
+fn aborted(id: &TypeInstanceId) -> Error {
+    Error::aborted(format!(
+        "the helmrelease of type instance {id} changed concurrently too often; retry"
+    ))
+}
+
+fn check_owner(id: &TypeInstanceId, entry: &Entry, owner: Option<&Owner>) -> Result<()> {
+    match &entry.lock {
+        Some(holder) if Some(holder.as_str()) != owner.map(Owner::as_str) => Err(
+            Error::failed_precondition(format!("type instance {id} is locked by {holder}")),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// A short pause before retrying a lost race, spread so that racing writers
+/// do not collide again in lockstep.
+async fn backoff(attempt: u32) {
+    let spread = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() % 7_000_000)
+        .unwrap_or(0);
+    let ms = u64::from(attempt.min(10)) * 4;
+    tokio::time::sleep(Duration::from_millis(ms) + Duration::from_nanos(u64::from(spread))).await;
+}
+
+/// The published context schema; with namespaces configured, only those.
+pub fn context_schema(namespaces: &[String]) -> Json {
+    let mut namespace = json!({
+        "type": "string",
+        "description": "Namespace of the HelmRelease",
+        "minLength": 1,
+        "maxLength": 63,
+        "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+    });
+    if !namespaces.is_empty() {
+        namespace["enum"] = json!(namespaces);
+    }
+    json!({
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "title": "Flux HelmRelease",
+        "description": "The helm.toolkit.fluxcd.io/v2 HelmRelease whose projection is the TypeInstance value",
+        "type": "object",
+        "properties": {
+            "name": {
+                "type": "string",
+                "description": "Name of the HelmRelease",
+                "minLength": 1,
+                "maxLength": 253,
+                "pattern": "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+            },
+            "namespace": namespace,
+        },
+        "required": ["name", "namespace"],
+        "additionalProperties": false,
+    })
+}
+
+impl FluxBackend {
+    pub fn new(client: Client, config: &Config) -> Self {
+        Self {
+            client,
+            resource: helmrelease_resource(),
+            namespaces: config
+                .namespaces
+                .iter()
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect(),
+            suspend_on_lock: config.suspend_on_lock,
+            delete_release_on_delete: config.delete_release_on_delete,
+        }
+    }
+
+    fn releases(&self, namespace: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), namespace, &self.resource)
+    }
+
+    fn config_maps(&self, namespace: &str) -> Api<ConfigMap> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    fn target(ctx: &Context) -> Result<(String, String)> {
+        match (ctx.str("namespace"), ctx.str("name")) {
+            (Some(ns), Some(name)) => Ok((ns.to_owned(), name.to_owned())),
+            _ => Err(Error::invalid_argument(
+                "context must name the helmrelease: name and namespace",
+            )),
+        }
+    }
+
+    /// The HelmRelease, or `None` if it does not exist.
+    async fn release(&self, namespace: &str, name: &str) -> Result<Option<Release>> {
+        let what = format!("helmrelease {namespace}/{name}");
+        let api = self.releases(namespace);
+        let Some(obj) = store_call("get_helmrelease", async {
+            api.get_opt(name).await.map_err(|e| ke::map(e, &what))
+        })
+        .await?
+        else {
+            return Ok(None);
+        };
+        let annotation = obj
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(tracking::ANNOTATION))
+            .cloned();
+        let tracking = Tracking::from_annotation(annotation.as_deref(), &what)?;
+        let uid = obj.metadata.uid.clone().unwrap_or_default();
+        let resource_version = obj.metadata.resource_version.clone().unwrap_or_default();
+        let object = serde_json::to_value(&obj)
+            .map_err(|e| Error::internal(format!("cannot encode {what}")).with_source(e))?;
+        Ok(Some(Release {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            uid,
+            resource_version,
+            object,
+            tracking,
+        }))
+    }
+
+    async fn live(&self, id: &TypeInstanceId, ctx: &Context) -> Result<Release> {
+        let (ns, name) = Self::target(ctx)?;
+        self.release(&ns, &name).await?.ok_or_else(|| {
+            Error::not_found(format!(
+                "type instance {id} not found: helmrelease {ns}/{name} does not exist"
+            ))
+        })
+    }
+
+    /// Writes `next` as the release's tracking state. `false`: the release
+    /// changed since it was read (409); the caller re-reads and re-checks.
+    async fn write(&self, rel: &Release, next: &Tracking, suspend: SuspendChange) -> Result<bool> {
+        let what = rel.what();
+        let patch = next.patch(&rel.resource_version, suspend);
+        let api = self.releases(&rel.namespace);
+        store_call("patch_helmrelease", async {
+            match api
+                .patch(&rel.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => Ok(true),
+                Err(e) if ke::is_conflict(&e) => Ok(false),
+                Err(e) => Err(ke::map(e, &what)),
+            }
+        })
+        .await
+    }
+
+    async fn get_snapshot(
+        &self,
+        ns: &str,
+        id: &TypeInstanceId,
+        rev: u32,
+    ) -> Result<Option<ConfigMap>> {
+        let name = snapshot::name(id.as_str(), rev);
+        let what = format!("snapshot configmap {ns}/{name}");
+        let api = self.config_maps(ns);
+        let cm = store_call("get_snapshot", async {
+            api.get_opt(&name).await.map_err(|e| ke::map(e, &what))
+        })
+        .await?;
+        // A ConfigMap of that name for another id (hash collision, or
+        // written by someone else) is not ours to read.
+        Ok(cm.filter(|cm| snapshot::read(cm).id.as_deref() == Some(id.as_str())))
+    }
+
+    /// Stores the projection of `rel` as revision `rev` (create-only). An
+    /// existing snapshot is kept when `keep_existing`, else replaced: it is a
+    /// leftover of a revision that no longer exists.
+    async fn put_snapshot(
+        &self,
+        rel: &Release,
+        id: &TypeInstanceId,
+        rev: u32,
+        keep_existing: bool,
+    ) -> Result<()> {
+        let owner = snapshot::Owner {
+            namespace: &rel.namespace,
+            name: &rel.name,
+            uid: &rel.uid,
+            api_version: &self.resource.api_version,
+        };
+        let mut cm = snapshot::build(id.as_str(), rev, &owner, rel.value()?);
+        let name = snapshot::name(id.as_str(), rev);
+        let what = format!("snapshot configmap {}/{name}", rel.namespace);
+        let api = self.config_maps(&rel.namespace);
+        let created = store_call("create_snapshot", async {
+            match api.create(&PostParams::default(), &cm).await {
+                Ok(_) => Ok(true),
+                Err(e) if ke::is_already_exists(&e) => Ok(false),
+                Err(e) => Err(ke::map(e, &what)),
+            }
+        })
+        .await?;
+        if created || keep_existing {
+            return Ok(());
+        }
+        store_call("replace_snapshot", async {
+            let existing = api.get(&name).await.map_err(|e| ke::map(e, &what))?;
+            cm.metadata.resource_version = existing.metadata.resource_version;
+            match api.replace(&name, &PostParams::default(), &cm).await {
+                // A concurrent writer replaced it with a projection taken
+                // at the same moment: as good as ours.
+                Ok(_) => Ok(()),
+                Err(e) if ke::is_conflict(&e) => Ok(()),
+                Err(e) => Err(ke::map(e, &what)),
+            }
+        })
+        .await
+    }
+
+    async fn delete_snapshot(&self, ns: &str, name: &str) -> Result<()> {
+        let what = format!("snapshot configmap {ns}/{name}");
+        let api = self.config_maps(ns);
+        store_call("delete_snapshot", async {
+            match api.delete(name, &DeleteParams::default()).await {
+                Ok(_) => Ok(()),
+                Err(e) if ke::is_not_found(&e) => Ok(()),
+                Err(e) => Err(ke::map(e, &what)),
+            }
+        })
+        .await
+    }
+
+    /// Every snapshot of `id` in `ns` (or in every served namespace).
+    async fn list_snapshots(
+        &self,
+        id: &TypeInstanceId,
+        ns: Option<&str>,
+    ) -> Result<Vec<ConfigMap>> {
+        let lp = ListParams::default().labels(&snapshot::selector(id.as_str()));
+        let apis: Vec<(Api<ConfigMap>, String)> = match ns {
+            Some(ns) => vec![(self.config_maps(ns), format!("configmaps in {ns}"))],
+            None if self.namespaces.is_empty() => {
+                vec![(Api::all(self.client.clone()), "configmaps".to_owned())]
+            }
+            None => self
+                .namespaces
+                .iter()
+                .map(|n| (self.config_maps(n), format!("configmaps in {n}")))
+                .collect(),
+        };
+        let mut out = Vec::new();
+        for (api, what) in apis {
+            let list = store_call("list_snapshots", async {
+                api.list(&lp).await.map_err(|e| ke::map(e, &what))
+            })
+            .await?;
+            out.extend(
+                list.items
+                    .into_iter()
+                    .filter(|cm| snapshot::read(cm).id.as_deref() == Some(id.as_str())),
+            );
+        }
+        Ok(out)
+    }
+
+    async fn delete_all_snapshots(&self, id: &TypeInstanceId, ns: &str) -> Result<()> {
+        for cm in self.list_snapshots(id, Some(ns)).await? {
+            if let Some(name) = &cm.metadata.name {
+                self.delete_snapshot(ns, name).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The HelmRelease tracking `id`, found from its snapshots (for
+    /// OnDeleteRevision, which carries no context).
+    async fn release_of(&self, id: &TypeInstanceId) -> Result<Release> {
+        let mut candidates: Vec<(String, String)> = self
+            .list_snapshots(id, None)
+            .await?
+            .iter()
+            .filter_map(|cm| snapshot::read(cm).release)
+            .collect();
+        candidates.sort();
+        candidates.dedup();
+        for (ns, name) in candidates {
+            if let Some(rel) = self.release(&ns, &name).await?
+                && rel.tracking.entry(id.as_str()).is_some()
+            {
+                return Ok(rel);
+            }
+        }
+        Err(not_found(id))
+    }
+
+    async fn delete_release(&self, rel: &Release) -> Result<()> {
+        let what = rel.what();
+        let api = self.releases(&rel.namespace);
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(rel.uid.clone()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        store_call("delete_helmrelease", async {
+            match api.delete(&rel.name, &dp).await {
+                Ok(_) => Ok(()),
+                Err(e) if ke::is_not_found(&e) || ke::is_conflict(&e) => Ok(()),
+                Err(e) => Err(ke::map(e, &what)),
+            }
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Backend for FluxBackend {
+    fn describe(&self) -> Describe {
+        Describe {
+            name: "flux-helmrelease",
+            version: env!("CARGO_PKG_VERSION"),
+            accept_value: false,
+            context_schema: Some(context_schema(&self.namespaces)),
+            context_required: true,
+            max_value_bytes: MAX_SNAPSHOT_BYTES as u64,
+        }
+    }
+
+    /// One LIST of HelmReleases (limit 1): the API server answers, the CRD is
+    /// installed and our role may read it.
+    async fn probe(&self) -> Result<()> {
+        let api: Api<DynamicObject> = match self.namespaces.first() {
+            Some(ns) => self.releases(ns),
+            None => Api::all_with(self.client.clone(), &self.resource),
+        };
+        store_call("list_helmreleases", async {
+            api.list_metadata(&ListParams::default().limit(1))
+                .await
+                .map(drop)
+                .map_err(|e| ke::map(e, "helmreleases"))
+        })
+        .await
+    }
+
+    /// Latest revision: the HelmRelease as it is now. Older: its snapshot.
+    /// At most two GETs whatever the number of revisions.
+    async fn get_value(
+        &self,
+        id: &TypeInstanceId,
+        revision: Revision,
+        ctx: &Context,
+    ) -> Result<Value> {
+        let rel = self.live(id, ctx).await?;
+        let latest = rel.entry(id)?.latest;
+        let n = revision.get();
+        if n > latest {
+            return Err(rev_not_found(id, n));
+        }
+        if n == latest {
+            return Ok(Value::from(rel.value()?.into_bytes()));
+        }
+        let cm = self.get_snapshot(&rel.namespace, id, n).await?;
+        match cm.and_then(|cm| snapshot::read(&cm).value) {
+            Some(v) => Ok(Value::from(v.into_bytes())),
+            None => Err(rev_not_found(id, n)),
+        }
+    }
+
+    async fn get_locked_by(&self, id: &TypeInstanceId, ctx: &Context) -> Result<Option<Owner>> {
+        let rel = self.live(id, ctx).await?;
+        match &rel.entry(id)?.lock {
+            Some(l) => Owner::parse(l).map(Some).map_err(|_| {
+                Error::data_loss(format!("the lock of type instance {id} is corrupted"))
+            }),
+            None => Ok(None),
+        }
+    }
+
+    async fn lock(&self, id: &TypeInstanceId, ctx: &Context, owner: &Owner) -> Result<()> {
+        for attempt in 0..MAX_ATTEMPTS {
+            let rel = self.live(id, ctx).await?;
+            match &rel.entry(id)?.lock {
+                Some(h) if h == owner.as_str() => return Ok(()),
+                Some(h) => {
+                    return Err(Error::failed_precondition(format!(
+                        "type instance {id} is locked by {h}"
+                    )));
+                }
+                None => {}
+            }
+            let mut next = rel.tracking.clone();
+            let change = next.lock(
+                id.as_str(),
+                owner.as_str(),
+                self.suspend_on_lock,
+                rel.suspend(),
+            );
+            if self.write(&rel, &next, change).await? {
+                return Ok(());
+            }
+            backoff(attempt).await;
+        }
+        Err(aborted(id))
+    }
+
+    async fn unlock(&self, id: &TypeInstanceId, ctx: &Context) -> Result<()> {
+        for attempt in 0..MAX_ATTEMPTS {
+            let rel = self.live(id, ctx).await?;
+            let entry = rel.entry(id)?;
+            if entry.lock.is_none() && !entry.suspended {
+                return Ok(());
+            }
+            let mut next = rel.tracking.clone();
+            let change = next.release(id.as_str(), false);
+            if self.write(&rel, &next, change).await? {
+                return Ok(());
+            }
+            backoff(attempt).await;
+        }
+        Err(aborted(id))
+    }
+}
+
+#[async_trait]
+impl ContextBackend for FluxBackend {
+    async fn pre_create_value(&self, ctx: &Context) -> Result<Option<Value>> {
+        let (ns, name) = Self::target(ctx)?;
+        let rel = self
+            .release(&ns, &name)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("helmrelease {ns}/{name} not found")))?;
+        Ok(Some(Value::from(rel.value()?.into_bytes())))
+    }
+
+    /// Snapshot of revision 1 first, then the tracking entry: a failure in
+    /// between leaves only an unreferenced snapshot that a retry replaces.
+    async fn create(&self, id: &TypeInstanceId, ctx: &Context) -> Result<Option<Json>> {
+        for attempt in 0..MAX_ATTEMPTS {
+            let (ns, name) = Self::target(ctx)?;
+            let rel = self.release(&ns, &name).await?.ok_or_else(|| {
+                Error::not_found(format!(
+                    "helmrelease {ns}/{name} not found for type instance {id}"
+                ))
+            })?;
+            if let Some(entry) = rel.tracking.entry(id.as_str()) {
+                // A retried create succeeds, and completes a create whose
+                // snapshot write failed.
+                if entry.latest != 1 {
+                    return Err(Error::already_exists(format!(
+                        "type instance {id} already exists"
+                    )));
+                }
+                self.put_snapshot(&rel, id, 1, true).await?;
+                return Ok(None);
+            }
+            self.put_snapshot(&rel, id, 1, false).await?;
+            let mut next = rel.tracking.clone();
+            next.type_instances.insert(
+                id.as_str().to_owned(),
+                Entry {
+                    latest: 1,
+                    lock: None,
+                    suspended: false,
+                },
+            );
+            if self.write(&rel, &next, SuspendChange::Keep).await? {
+                return Ok(None);
+            }
+            backoff(attempt).await;
+        }
+        Err(aborted(id))
+    }
+
+    /// Snapshot of the new revision first, then `latest` raised with the
+    /// release's resourceVersion: the one compare-and-set that orders this
+    /// update against locks, deletes and other updates.
+    async fn update(
+        &self,
+        id: &TypeInstanceId,
+        revision: Revision,
+        ctx: &Context,
+        owner: Option<&Owner>,
+    ) -> Result<Option<Json>> {
+        let n = revision.get();
+        for attempt in 0..MAX_ATTEMPTS {
+            let rel = self.live(id, ctx).await?;
+            let entry = rel.entry(id)?;
+            if n <= entry.latest {
+                let stored = self.get_snapshot(&rel.namespace, id, n).await?.is_some();
+                if stored && n == entry.latest {
+                    return Ok(None);
+                }
+                if stored {
+                    return Err(Error::already_exists(format!(
+                        "revision {n} of type instance {id} already exists"
+                    )));
+                }
+            }
+            check_owner(id, entry, owner)?;
+            if n < entry.latest {
+                return Err(Error::failed_precondition(format!(
+                    "revision {n} of type instance {id} is not above the latest revision {}",
+                    entry.latest
+                )));
+            }
+            if n == entry.latest {
+                // The latest revision lost its snapshot: take it again.
+                self.put_snapshot(&rel, id, n, true).await?;
+                return Ok(None);
+            }
+            self.put_snapshot(&rel, id, n, false).await?;
+            let mut next = rel.tracking.clone();
+            if let Some(e) = next.type_instances.get_mut(id.as_str()) {
+                e.latest = n;
+            }
+            if self.write(&rel, &next, SuspendChange::Keep).await? {
+                return Ok(None);
+            }
+            backoff(attempt).await;
+        }
+        Err(aborted(id))
+    }
+
+    /// Untracks first (one compare-and-set), then removes the snapshots; a
+    /// HelmRelease deleted outside the Hub is not an error: its snapshots
+    /// are removed and the call succeeds.
+    async fn delete(
+        &self,
+        id: &TypeInstanceId,
+        ctx: &Context,
+        owner: Option<&Owner>,
+    ) -> Result<()> {
+        let (ns, name) = Self::target(ctx)?;
+        for attempt in 0..MAX_ATTEMPTS {
+            let Some(rel) = self.release(&ns, &name).await? else {
+                return self.delete_all_snapshots(id, &ns).await;
+            };
+            let entry = rel.entry(id)?;
+            check_owner(id, entry, owner)?;
+            let mut next = rel.tracking.clone();
+            let change = next.release(id.as_str(), true);
+            if !self.write(&rel, &next, change).await? {
+                backoff(attempt).await;
+                continue;
+            }
+            self.delete_all_snapshots(id, &ns).await?;
+            if self.delete_release_on_delete && next.type_instances.is_empty() {
+                self.delete_release(&rel).await?;
+            }
+            return Ok(());
+        }
+        Err(aborted(id))
+    }
+
+    async fn delete_revision(
+        &self,
+        id: &TypeInstanceId,
+        revision: Revision,
+        owner: Option<&Owner>,
+    ) -> Result<()> {
+        let n = revision.get();
+        let found = self.release_of(id).await?;
+        let (ns, name) = (found.namespace, found.name);
+        for attempt in 0..MAX_ATTEMPTS {
+            let rel = self
+                .release(&ns, &name)
+                .await?
+                .ok_or_else(|| not_found(id))?;
+            let entry = rel.entry(id)?;
+            if n > entry.latest {
+                return Err(rev_not_found(id, n));
+            }
+            check_owner(id, entry, owner)?;
+            let snapshot_name = snapshot::name(id.as_str(), n);
+            if n < entry.latest {
+                if self.get_snapshot(&ns, id, n).await?.is_none() {
+                    return Err(rev_not_found(id, n));
+                }
+                return self.delete_snapshot(&ns, &snapshot_name).await;
+            }
+            // The latest goes: lower it to the highest revision left, or
+            // untrack when none is left. Tracking first, snapshot after.
+            let left = self
+                .list_snapshots(id, Some(&ns))
+                .await?
+                .iter()
+                .filter_map(|cm| snapshot::read(cm).revision)
+                .filter(|r| *r < n)
+                .max();
+            let mut next = rel.tracking.clone();
+            let change = match left {
+                Some(latest) => {
+                    if let Some(e) = next.type_instances.get_mut(id.as_str()) {
+                        e.latest = latest;
+                    }
+                    SuspendChange::Keep
+                }
+                None => next.release(id.as_str(), true),
+            };
+            if !self.write(&rel, &next, change).await? {
+                backoff(attempt).await;
+                continue;
+            }
+            return match left {
+                Some(_) => self.delete_snapshot(&ns, &snapshot_name).await,
+                None => self.delete_all_snapshots(id, &ns).await,
+            };
+        }
+        Err(aborted(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut all = vec!["flux-helmrelease-backend"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).unwrap_or_else(|e| panic!("parse: {e}"))
+    }
+
+    #[test]
+    fn defaults_track_every_namespace_without_suspend_or_delete() {
+        let c = parse(&[]);
+        assert!(c.namespaces.is_empty());
+        assert!(!c.suspend_on_lock);
+        assert!(!c.delete_release_on_delete);
+        assert!(c.watch_selector.is_none());
+    }
+
+    #[test]
+    fn flags_parse_lists_and_bare_booleans() {
+        let c = parse(&[
+            "--namespaces",
+            "a,b",
+            "--suspend-on-lock",
+            "--delete-release-on-delete",
+            "false",
+        ]);
+        assert_eq!(c.namespaces, vec!["a", "b"]);
+        assert!(c.suspend_on_lock);
+        assert!(!c.delete_release_on_delete);
+    }
+
+    #[test]
+    fn schema_requires_name_and_namespace_and_pins_configured_namespaces() {
+        let s = context_schema(&["apps".into()]);
+        assert_eq!(s["required"], json!(["name", "namespace"]));
+        assert_eq!(s["additionalProperties"], false);
+        assert_eq!(s["properties"]["namespace"]["enum"], json!(["apps"]));
+        assert!(
+            context_schema(&[])["properties"]["namespace"]
+                .get("enum")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn lock_held_by_another_owner_is_a_failed_precondition_naming_it() {
+        let id = TypeInstanceId::parse("ti").unwrap_or_else(|e| panic!("{e:?}"));
+        let entry = Entry {
+            latest: 1,
+            lock: Some("alice".into()),
+            suspended: false,
+        };
+        let bob = Owner::parse("bob").unwrap_or_else(|e| panic!("{e:?}"));
+        let alice = Owner::parse("alice").unwrap_or_else(|e| panic!("{e:?}"));
+        let err = check_owner(&id, &entry, Some(&bob)).expect_err("locked");
+        assert_eq!(err.kind(), shared::ErrorKind::FailedPrecondition);
+        assert!(err.message().contains("alice"));
+        assert!(check_owner(&id, &entry, None).is_err());
+        assert!(check_owner(&id, &entry, Some(&alice)).is_ok());
+    }
+}

@@ -1,0 +1,266 @@
+//! GetValue and OnUpdate through the `kubernetes-secret-backend` binary
+//! (gRPC) against the same Secrets API calls made directly with kube, in one
+//! run, on a real kube-apiserver + etcd (testkit::kube).
+//!
+//! `cargo bench -p kubernetes-secret --bench direct` (needs the binaries of
+//! tests/kube/build.sh). Rows, at concurrency 1 and 16:
+//! - `get cN backend`: GetValue of revision 1 through the backend;
+//! - `get cN direct`: a GET of the same revision Secret;
+//! - `update cN backend`: OnUpdate to the next revision, each worker on its
+//!   own TypeInstance;
+//! - `update cN direct`: one create of a Secret (the write a revision needs);
+//! - `update cN direct-3`: the three calls the backend makes for one
+//!   OnUpdate (GET the head, PUT it at its resourceVersion, create the
+//!   revision Secret).
+//!
+//! Timings are printed, never asserted. Without `--bench` it does nothing.
+
+use std::{collections::BTreeMap, process::ExitCode, sync::Arc};
+
+use bench::{
+    Report, RunOptions,
+    cli::make_value,
+    harness::{Pool, checked},
+};
+use k8s_openapi::{ByteString, api::core::v1::Secret};
+use kube::{
+    Api,
+    api::{ObjectMeta, PostParams},
+};
+use kubernetes_secret::secret_key;
+use testkit::{BackendProcess, kube::Cluster};
+
+const VALUE_SIZE: usize = 1024;
+const GET_OPS: u64 = 2000;
+const UPDATE_OPS: u64 = 600;
+const WARMUP_OPS: u64 = 50;
+const CONCURRENCY: [usize; 2] = [1, 16];
+const GET_IDS: usize = 16;
+
+fn main() -> ExitCode {
+    bench::harness::bench_main("kubernetes-secret direct bench", bench_all)
+}
+
+fn options(concurrency: usize, ops: u64) -> RunOptions {
+    RunOptions {
+        concurrency,
+        duration: None,
+        ops: Some(ops),
+        warmup_ops: WARMUP_OPS,
+    }
+}
+
+fn secret(name: &str, value: &[u8]) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        immutable: Some(true),
+        data: Some(BTreeMap::from([(
+            "value".to_owned(),
+            ByteString(value.to_vec()),
+        )])),
+        ..Default::default()
+    }
+}
+
+async fn bench_all() -> Result<Report, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cluster = Cluster::start().await;
+    let ns = cluster.create_namespace("bench").await;
+    let mut env: Vec<(String, String)> = cluster.env();
+    env.push(("APP_K8S_NAMESPACE".into(), ns.clone()));
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let backend = BackendProcess::start(
+        env!("CARGO_BIN_EXE_kubernetes-secret-backend"),
+        &["KUBECONFIG"],
+        &env_ref,
+    )
+    .serving()
+    .await;
+    let target = Arc::new(
+        conformance::Target::connect(&conformance::Connect::plain(&backend.url), None).await?,
+    );
+    let secrets: Arc<Api<Secret>> = Arc::new(Api::namespaced(cluster.client().await, &ns));
+    let value = make_value(VALUE_SIZE);
+
+    let mut report = Report::new(
+        "kubernetes-secret-backend (gRPC) vs kube direct, kube-apiserver v1.37.2 + etcd",
+    );
+    report
+        .param("value_size", VALUE_SIZE)
+        .param("get_ops", GET_OPS)
+        .param("update_ops", UPDATE_OPS)
+        .param("warmup_ops", WARMUP_OPS)
+        .param(
+            "profile",
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "optimized (bench)"
+            },
+        );
+
+    let get_ids: Arc<[String]> = (0..GET_IDS).map(|i| format!("bench-get-{i}")).collect();
+    for id in get_ids.iter() {
+        target
+            .create(id, &value)
+            .await
+            .map_err(|s| format!("create {id}: {s}"))?;
+    }
+    for concurrency in CONCURRENCY {
+        let name = format!("get c{concurrency} direct");
+        let (api, ids) = (Arc::clone(&secrets), Arc::clone(&get_ids));
+        let stats = bench::run(
+            move |seq| {
+                let (api, ids) = (Arc::clone(&api), Arc::clone(&ids));
+                async move {
+                    let id = &ids[(seq % ids.len() as u64) as usize];
+                    let name = format!("capact-{}-r1", secret_key(id));
+                    api.get(&name)
+                        .await
+                        .map(drop)
+                        .map_err(|e| format!("get {name}: {e}"))
+                }
+            },
+            &options(concurrency, GET_OPS),
+        )
+        .await?;
+        report.row(&name, checked(&name, stats)?);
+
+        let name = format!("get c{concurrency} backend");
+        let (t, ids) = (Arc::clone(&target), Arc::clone(&get_ids));
+        let stats = bench::run(
+            move |seq| {
+                let (t, ids) = (Arc::clone(&t), Arc::clone(&ids));
+                async move {
+                    let id = &ids[(seq % ids.len() as u64) as usize];
+                    t.get(id, 1).await.map(drop).map_err(|s| s.to_string())
+                }
+            },
+            &options(concurrency, GET_OPS),
+        )
+        .await?;
+        report.row(&name, checked(&name, stats)?);
+        report.compare(
+            &format!("get c{concurrency} backend"),
+            &format!("get c{concurrency} direct"),
+        )?;
+    }
+
+    let value = Arc::new(value);
+    for concurrency in CONCURRENCY {
+        // Direct: one create of a new Secret per call.
+        let name = format!("update c{concurrency} direct");
+        let (api, v) = (Arc::clone(&secrets), Arc::clone(&value));
+        let stats = bench::run(
+            move |seq| {
+                let (api, v) = (Arc::clone(&api), Arc::clone(&v));
+                async move {
+                    let name = format!("direct-c{concurrency}-{seq}");
+                    api.create(&PostParams::default(), &secret(&name, &v))
+                        .await
+                        .map(drop)
+                        .map_err(|e| format!("create {name}: {e}"))
+                }
+            },
+            &options(concurrency, UPDATE_OPS),
+        )
+        .await?;
+        report.row(&name, checked(&name, stats)?);
+
+        // Direct, the backend's three calls.
+        let mut slots = Vec::new();
+        for i in 0..concurrency {
+            let head = format!("direct3-c{concurrency}-{i}");
+            let mut s = secret(&head, b"");
+            s.immutable = None;
+            s.metadata.annotations = Some(BTreeMap::from([(
+                "capact.io/latest-revision".to_owned(),
+                "1".to_owned(),
+            )]));
+            secrets
+                .create(&PostParams::default(), &s)
+                .await
+                .map_err(|e| format!("create {head}: {e}"))?;
+            slots.push(head);
+        }
+        let pool = Pool::new(slots);
+        let (api, v) = (Arc::clone(&secrets), Arc::clone(&value));
+        let name = format!("update c{concurrency} direct-3");
+        let stats = bench::run(
+            move |_| {
+                let (api, pool, v) = (Arc::clone(&api), Arc::clone(&pool), Arc::clone(&v));
+                async move {
+                    let head = pool.take()?;
+                    let result = three_calls(&api, &head, &v).await;
+                    pool.give(head);
+                    result
+                }
+            },
+            &options(concurrency, UPDATE_OPS),
+        )
+        .await?;
+        report.row(&name, checked(&name, stats)?);
+
+        // Through the backend.
+        let mut slots = Vec::new();
+        for i in 0..concurrency {
+            let id = format!("bench-upd-c{concurrency}-{i}");
+            target
+                .create(&id, &value)
+                .await
+                .map_err(|s| format!("create {id}: {s}"))?;
+            slots.push((id, 2u32));
+        }
+        let pool = Pool::new(slots);
+        let (t, v) = (Arc::clone(&target), Arc::clone(&value));
+        let name = format!("update c{concurrency} backend");
+        let stats = bench::run(
+            move |_| {
+                let (t, pool, v) = (Arc::clone(&t), Arc::clone(&pool), Arc::clone(&v));
+                async move {
+                    let (id, rev) = pool.take()?;
+                    let result = t.update(&id, rev, &v, None).await;
+                    pool.give((id, rev + 1));
+                    result.map_err(|s| s.to_string())
+                }
+            },
+            &options(concurrency, UPDATE_OPS),
+        )
+        .await?;
+        report.row(&name, checked(&name, stats)?);
+        let backend_row = format!("update c{concurrency} backend");
+        report.compare(&backend_row, &format!("update c{concurrency} direct"))?;
+        report.compare(&backend_row, &format!("update c{concurrency} direct-3"))?;
+    }
+    drop(backend);
+    drop(cluster);
+    Ok(report)
+}
+
+/// What the backend does for one OnUpdate of a new revision, as plain kube
+/// calls: read the head, claim the revision in it at its resourceVersion,
+/// create the revision Secret.
+async fn three_calls(api: &Api<Secret>, head: &str, value: &[u8]) -> Result<(), String> {
+    let mut h = api
+        .get(head)
+        .await
+        .map_err(|e| format!("get {head}: {e}"))?;
+    let ann = h.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    let latest: u32 = ann
+        .get("capact.io/latest-revision")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("{head} has no latest"))?;
+    let next = latest + 1;
+    ann.insert("capact.io/latest-revision".into(), next.to_string());
+    api.replace(head, &PostParams::default(), &h)
+        .await
+        .map_err(|e| format!("replace {head}: {e}"))?;
+    let rev = format!("{head}-r{next}");
+    api.create(&PostParams::default(), &secret(&rev, value))
+        .await
+        .map(drop)
+        .map_err(|e| format!("create {rev}: {e}"))
+}

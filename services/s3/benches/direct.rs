@@ -1,0 +1,274 @@
+//! GetValue and OnUpdate through the `s3-backend` binary (gRPC) against the
+//! same S3 calls made directly with aws-sdk-s3, in one run, on a real moto
+//! server (one bucket, unversioned).
+//!
+//! `cargo bench -p s3 --bench direct` (needs `moto_server`: see tests/setup.sh).
+//! Rows, at concurrency 1 and 16, a fixed number of calls each:
+//! - `get cN backend`: GetValue of revision 1 through the backend;
+//! - `get cN direct`: GetObject of the same object (`capact/<id>/rev/1`);
+//! - `update cN backend`: OnUpdate to the next revision, each worker on its
+//!   own TypeInstance;
+//! - `update cN direct`: one create-only PutObject of a new key (the
+//!   brief's "direct" write);
+//! - `update cN direct-3`: the three S3 calls the backend makes for one
+//!   OnUpdate (GetObject of the head, PutObject of the head with If-Match,
+//!   create-only PutObject of the revision), to separate the gRPC hop from
+//!   the layout's cost.
+//!
+//! Timings are printed, never asserted. Without `--bench` (e.g. `cargo test
+//! --benches`) it does nothing.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::{process::ExitCode, sync::Arc};
+
+use aws_sdk_s3::{Client, primitives::ByteStream};
+use bench::{
+    Report, RunOptions,
+    cli::make_value,
+    harness::{Pool, checked},
+};
+use bytes::Bytes;
+use support::{Moto, PREFIX, backend_env, create_bucket, s3_client, start_backend};
+
+const BUCKET: &str = "bench";
+const VALUE_SIZE: usize = 1024;
+const GET_OPS: u64 = 1000;
+const UPDATE_OPS: u64 = 300;
+const WARMUP_OPS: u64 = 30;
+const CONCURRENCY: [usize; 2] = [1, 16];
+/// TypeInstances read by the get rows (workers pick one by call number).
+const GET_IDS: usize = 16;
+
+fn main() -> ExitCode {
+    bench::harness::bench_main("s3 direct bench", bench_all)
+}
+
+fn options(concurrency: usize, ops: u64) -> RunOptions {
+    RunOptions {
+        concurrency,
+        duration: None,
+        ops: Some(ops),
+        warmup_ops: WARMUP_OPS,
+    }
+}
+
+async fn get_object(s3: &Client, key: &str) -> Result<(Bytes, String), String> {
+    let out = s3
+        .get_object()
+        .bucket(BUCKET)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| format!("get {key}: {e}"))?;
+    let etag = out.e_tag().unwrap_or_default().to_owned();
+    let body = out
+        .body
+        .collect()
+        .await
+        .map_err(|e| format!("body of {key}: {e}"))?;
+    Ok((body.into_bytes(), etag))
+}
+
+/// PutObject create-only (`etag` None) or with If-Match; returns the ETag.
+async fn put_object(
+    s3: &Client,
+    key: &str,
+    body: Bytes,
+    etag: Option<&str>,
+) -> Result<String, String> {
+    let req = s3
+        .put_object()
+        .bucket(BUCKET)
+        .key(key)
+        .body(ByteStream::from(body))
+        .tagging("managed-by=capact-storage");
+    let req = match etag {
+        Some(e) => req.if_match(e),
+        None => req.if_none_match("*"),
+    };
+    req.send()
+        .await
+        .map(|o| o.e_tag().unwrap_or_default().to_owned())
+        .map_err(|e| format!("put {key}: {e}"))
+}
+
+fn head_body(latest: u64) -> Bytes {
+    Bytes::from(format!(
+        "{{\"managed_by\":\"capact-storage\",\"latest\":{latest},\"lock\":null,\"deleting\":false,\"write\":\"{}\"}}",
+        uuid::Uuid::new_v4().simple()
+    ))
+}
+
+async fn bench_all() -> Result<Report, String> {
+    let moto = Moto::start();
+    let direct = Arc::new(s3_client(&moto).await);
+    create_bucket(&direct, BUCKET, false).await;
+    let backend = start_backend(&backend_env(&moto, BUCKET, &[]))
+        .serving()
+        .await;
+    let target = Arc::new(
+        conformance::Target::connect(&conformance::Connect::plain(&backend.url), None).await?,
+    );
+    let value = make_value(VALUE_SIZE);
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let run_id = &run_id[..8];
+
+    let mut report = Report::new("s3-backend (gRPC) vs aws-sdk-s3 direct, moto server");
+    report
+        .param("moto", "5.2.5 (moto_server, in memory)")
+        .param("value_size", VALUE_SIZE)
+        .param("get_ops", GET_OPS)
+        .param("update_ops", UPDATE_OPS)
+        .param("warmup_ops", WARMUP_OPS)
+        .param(
+            "profile",
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "optimized (bench)"
+            },
+        );
+
+    // GetValue: revision 1 of GET_IDS TypeInstances created through the backend.
+    let get_ids: Arc<[String]> = (0..GET_IDS)
+        .map(|i| format!("bench-{run_id}-get-{i}"))
+        .collect();
+    for id in get_ids.iter() {
+        target
+            .create(id, &value)
+            .await
+            .map_err(|s| format!("create {id}: {s}"))?;
+    }
+    for concurrency in CONCURRENCY {
+        let name = format!("get c{concurrency} direct");
+        let (s3, ids) = (Arc::clone(&direct), Arc::clone(&get_ids));
+        let stats = bench::run(
+            move |seq| {
+                let (s3, ids) = (Arc::clone(&s3), Arc::clone(&ids));
+                async move {
+                    let id = &ids[(seq % ids.len() as u64) as usize];
+                    get_object(&s3, &format!("{PREFIX}/{id}/rev/1"))
+                        .await
+                        .map(drop)
+                }
+            },
+            &options(concurrency, GET_OPS),
+        )
+        .await?;
+        report.row(&name, checked(&name, stats)?);
+
+        let name = format!("get c{concurrency} backend");
+        let (t, ids) = (Arc::clone(&target), Arc::clone(&get_ids));
+        let stats = bench::run(
+            move |seq| {
+                let (t, ids) = (Arc::clone(&t), Arc::clone(&ids));
+                async move {
+                    let id = &ids[(seq % ids.len() as u64) as usize];
+                    t.get(id, 1).await.map(drop).map_err(|s| s.to_string())
+                }
+            },
+            &options(concurrency, GET_OPS),
+        )
+        .await?;
+        report.row(&name, checked(&name, stats)?);
+        report.compare(
+            &format!("get c{concurrency} backend"),
+            &format!("get c{concurrency} direct"),
+        )?;
+    }
+
+    for concurrency in CONCURRENCY {
+        // Direct: one create-only PutObject of a fresh key per call.
+        let name = format!("update c{concurrency} direct");
+        let (s3, v) = (Arc::clone(&direct), value.clone());
+        let base = format!("bench-direct/{run_id}-c{concurrency}");
+        let stats = bench::run(
+            move |seq| {
+                let (s3, v, key) = (Arc::clone(&s3), v.clone(), format!("{base}/{seq}"));
+                async move { put_object(&s3, &key, v, None).await.map(drop) }
+            },
+            &options(concurrency, UPDATE_OPS),
+        )
+        .await?;
+        report.row(&name, checked(&name, stats)?);
+
+        // Direct, the backend's three calls on the worker's own head.
+        let mut slots = Vec::new();
+        for i in 0..concurrency {
+            let base = format!("bench-direct3/{run_id}-c{concurrency}-{i}");
+            put_object(&direct, &format!("{base}/head"), head_body(1), None).await?;
+            put_object(&direct, &format!("{base}/rev/1"), value.clone(), None).await?;
+            slots.push(base);
+        }
+        let pool = Pool::new(slots);
+        let (s3, v) = (Arc::clone(&direct), value.clone());
+        let name = format!("update c{concurrency} direct-3");
+        let stats = bench::run(
+            move |_| {
+                let (s3, pool, v) = (Arc::clone(&s3), Arc::clone(&pool), v.clone());
+                async move {
+                    let base = pool.take()?;
+                    let result = three_calls(&s3, &base, v).await;
+                    pool.give(base);
+                    result
+                }
+            },
+            &options(concurrency, UPDATE_OPS),
+        )
+        .await?;
+        report.row(&name, checked(&name, stats)?);
+
+        // Through the backend.
+        let mut slots = Vec::new();
+        for i in 0..concurrency {
+            let id = format!("bench-{run_id}-upd-c{concurrency}-{i}");
+            target
+                .create(&id, &value)
+                .await
+                .map_err(|s| format!("create {id}: {s}"))?;
+            slots.push((id, 2u32));
+        }
+        let pool = Pool::new(slots);
+        let (t, v) = (Arc::clone(&target), value.clone());
+        let name = format!("update c{concurrency} backend");
+        let stats = bench::run(
+            move |_| {
+                let (t, pool, v) = (Arc::clone(&t), Arc::clone(&pool), v.clone());
+                async move {
+                    let (id, rev) = pool.take()?;
+                    let result = t.update(&id, rev, &v, None).await;
+                    pool.give((id, rev + 1));
+                    result.map_err(|s| s.to_string())
+                }
+            },
+            &options(concurrency, UPDATE_OPS),
+        )
+        .await?;
+        report.row(&name, checked(&name, stats)?);
+        let backend_row = format!("update c{concurrency} backend");
+        report.compare(&backend_row, &format!("update c{concurrency} direct"))?;
+        report.compare(&backend_row, &format!("update c{concurrency} direct-3"))?;
+    }
+    drop(backend);
+    drop(moto);
+    Ok(report)
+}
+
+/// What the backend does for one OnUpdate of a new revision, as plain
+/// aws-sdk-s3 calls: read the head, claim the revision in it (If-Match),
+/// write the revision create-only.
+async fn three_calls(s3: &Client, base: &str, value: Bytes) -> Result<(), String> {
+    let head_key = format!("{base}/head");
+    let (body, etag) = get_object(s3, &head_key).await?;
+    let head: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| format!("{head_key}: {e}"))?;
+    let latest = head["latest"]
+        .as_u64()
+        .ok_or_else(|| format!("{head_key} has no latest"))?;
+    let next = latest + 1;
+    put_object(s3, &head_key, head_body(next), Some(&etag)).await?;
+    put_object(s3, &format!("{base}/rev/{next}"), value, None).await?;
+    Ok(())
+}
