@@ -74,10 +74,7 @@ pub static METRICS: LazyLock<WatchMetrics> = LazyLock::new(|| {
     .unwrap_or_else(|e| panic!("static metric definition: {e}"));
     let _ = shared::metrics::register(Box::new(events.clone()));
     let _ = shared::metrics::register(Box::new(known.clone()));
-    WatchMetrics {
-        events,
-        known,
-    }
+    WatchMetrics { events, known }
 });
 
 /// Logs every event (names and chart only, never values) and counts it.
