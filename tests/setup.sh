@@ -8,6 +8,8 @@ CACHE="${CAPACT_STORAGE_CACHE:-$HOME/.cache/capact-storage}"
 mkdir -p "$CACHE"
 
 apt_install() {
+    local opts=()
+    if [ "${1:-}" = --no-install-recommends ]; then opts+=("$1"); shift; fi
     local missing=()
     for pkg in "$@"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -15,13 +17,16 @@ apt_install() {
     if [ ${#missing[@]} -gt 0 ]; then
         echo "setup: installing Debian packages: ${missing[*]}"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${opts[@]}" "${missing[@]}" >/dev/null
     fi
 }
 
 # openssl: TLS test certificates. git, age, libssl-dev, pkg-config (git2 https/ssh),
 # lighttpd (git http-backend), openssh-server: the SOPS-on-Git backend's tests.
 apt_install openssl git ca-certificates age libssl-dev pkg-config lighttpd openssh-server
+# docker-compose (v1, Python): `config` parses and checks docker-compose.yml
+# without a Docker engine; recommends would pull the engine itself.
+apt_install --no-install-recommends docker-compose
 
 # Rust components used by the checks.
 if command -v rustup >/dev/null 2>&1; then

@@ -105,6 +105,12 @@ pub struct ServerConfig {
     /// Consecutive failed probes before health turns NOT_SERVING.
     #[arg(long, env = "APP_HEALTH_FAILURE_THRESHOLD", default_value_t = 3)]
     pub health_failure_threshold: u32,
+
+    /// Threads that run requests: 0 = one per CPU the process may use (its
+    /// cgroup CPU quota included); 1 = a single thread, the lowest latency
+    /// when, as usual, the backend waits on its store rather than computing.
+    #[arg(long, env = "APP_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
 }
 
 impl ServerConfig {

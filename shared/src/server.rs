@@ -86,10 +86,7 @@ where
         eprintln!("configuration error: {e}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(server.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
@@ -112,6 +109,21 @@ where
             }
         }
     })
+}
+
+/// The runtime of `APP_WORKER_THREADS`: one thread needs no cross-thread
+/// wake-ups between the gRPC connection, the handler and the store client.
+fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    builder.enable_all().build()
 }
 
 /// Serves a value backend on `config.grpc_addr` until SIGTERM/SIGINT.

@@ -105,9 +105,16 @@ async fn bench_all() -> Result<Report, String> {
     let moto = Moto::start();
     let direct = Arc::new(s3_client(&moto).await);
     create_bucket(&direct, BUCKET, false).await;
-    let backend = start_backend(&backend_env(&moto, BUCKET, &[]))
-        .serving()
-        .await;
+    // The backend's metrics split its latency: handler vs S3 calls.
+    let metrics_port = testkit::free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let backend = start_backend(&backend_env(
+        &moto,
+        BUCKET,
+        &[("APP_METRICS_ADDR", &metrics_addr)],
+    ))
+    .serving()
+    .await;
     let target = Arc::new(
         conformance::Target::connect(&conformance::Connect::plain(&backend.url), None).await?,
     );
@@ -160,6 +167,7 @@ async fn bench_all() -> Result<Report, String> {
         report.row(&name, checked(&name, stats)?);
 
         let name = format!("get c{concurrency} backend");
+        let before = bench::harness::scrape(metrics_port)?;
         let (t, ids) = (Arc::clone(&target), Arc::clone(&get_ids));
         let stats = bench::run(
             move |seq| {
@@ -173,6 +181,14 @@ async fn bench_all() -> Result<Report, String> {
         )
         .await?;
         report.row(&name, checked(&name, stats)?);
+        bench::harness::split(
+            &mut report,
+            &name,
+            &before,
+            &bench::harness::scrape(metrics_port)?,
+            "GetValue",
+            &["get_object"],
+        );
         report.compare(
             &format!("get c{concurrency} backend"),
             &format!("get c{concurrency} direct"),

@@ -150,6 +150,28 @@ async fn bench_all() -> Result<Report, String> {
             .await
             .map_err(|s| format!("create {id}: {s}"))?;
     }
+    // The gRPC hop alone: a health check answers from memory.
+    let channel = conformance::Connect::plain(&backend.url)
+        .channel()
+        .await
+        .map_err(|e| e.to_string())?;
+    let health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let stats = bench::run(
+        move |_| {
+            let mut health = health.clone();
+            async move {
+                health
+                    .check(tonic_health::pb::HealthCheckRequest::default())
+                    .await
+                    .map(drop)
+                    .map_err(|s| s.to_string())
+            }
+        },
+        &options(1, GET_OPS),
+    )
+    .await?;
+    report.row("hop c1 (health check)", checked("hop", stats)?);
+
     for concurrency in CONCURRENCY {
         let name = format!("get c{concurrency} direct");
         let (client, ids) = (Arc::clone(&direct), Arc::clone(&get_ids));
@@ -171,7 +193,7 @@ async fn bench_all() -> Result<Report, String> {
         report.row(&name, checked(&name, stats)?);
 
         let name = format!("get c{concurrency} backend");
-        let before = scrape(metrics_port)?;
+        let before = bench::harness::scrape(metrics_port)?;
         let (t, ids) = (Arc::clone(&target), Arc::clone(&get_ids));
         let stats = bench::run(
             move |seq| {
@@ -185,11 +207,11 @@ async fn bench_all() -> Result<Report, String> {
         )
         .await?;
         report.row(&name, checked(&name, stats)?);
-        split(
+        bench::harness::split(
             &mut report,
             &name,
             &before,
-            &scrape(metrics_port)?,
+            &bench::harness::scrape(metrics_port)?,
             "GetValue",
             &["kv2_read"],
         );
@@ -268,7 +290,7 @@ async fn bench_all() -> Result<Report, String> {
         let pool = Pool::new(slots);
         let (t, value2) = (Arc::clone(&target), value.clone());
         let name = format!("update c{concurrency} backend");
-        let before = scrape(metrics_port)?;
+        let before = bench::harness::scrape(metrics_port)?;
         let stats = bench::run(
             move |_| {
                 let (t, pool, value) = (Arc::clone(&t), Arc::clone(&pool), value2.clone());
@@ -283,11 +305,11 @@ async fn bench_all() -> Result<Report, String> {
         )
         .await?;
         report.row(&name, checked(&name, stats)?);
-        split(
+        bench::harness::split(
             &mut report,
             &name,
             &before,
-            &scrape(metrics_port)?,
+            &bench::harness::scrape(metrics_port)?,
             "OnUpdate",
             &["kv2_read", "kv2_write"],
         );
@@ -326,66 +348,4 @@ async fn three_calls(
     set_cas(client, &head_path, &head_data(next), head.metadata.version).await?;
     set_cas(client, &format!("{base}/rev/{next}"), data, 0).await?;
     Ok(())
-}
-
-/// The backend's metrics as `name{labels}` → value.
-fn scrape(port: u16) -> Result<std::collections::HashMap<String, f64>, String> {
-    use std::io::{Read as _, Write as _};
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))
-        .map_err(|e| format!("connect to the backend's metrics: {e}"))?;
-    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .map_err(|e| format!("metrics request: {e}"))?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text)
-        .map_err(|e| format!("metrics response: {e}"))?;
-    Ok(text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_owned(), v.parse().ok()?))
-        })
-        .collect())
-}
-
-/// Adds the mean time per request inside the backend's handler and in its
-/// Vault calls, from the metric deltas of one row.
-fn split(
-    report: &mut Report,
-    row: &str,
-    before: &std::collections::HashMap<String, f64>,
-    after: &std::collections::HashMap<String, f64>,
-    method: &str,
-    store_ops: &[&str],
-) {
-    let delta =
-        |k: String| after.get(&k).copied().unwrap_or(0.0) - before.get(&k).copied().unwrap_or(0.0);
-    let requests = delta(format!(
-        "storage_backend_grpc_request_duration_seconds_count{{method=\"{method}\"}}"
-    ));
-    if requests <= 0.0 {
-        return;
-    }
-    let handler = delta(format!(
-        "storage_backend_grpc_request_duration_seconds_sum{{method=\"{method}\"}}"
-    ));
-    let (mut store, mut calls) = (0.0, 0.0);
-    for op in store_ops {
-        store += delta(format!(
-            "storage_backend_store_call_duration_seconds_sum{{operation=\"{op}\"}}"
-        ));
-        calls += delta(format!(
-            "storage_backend_store_call_duration_seconds_count{{operation=\"{op}\"}}"
-        ));
-    }
-    report.param(
-        format!("{row}: mean per request"),
-        format!(
-            "handler {:.0}us, vault {:.0}us in {:.2} calls, in-backend rest {:.0}us",
-            handler / requests * 1e6,
-            store / requests * 1e6,
-            calls / requests,
-            (handler - store) / requests * 1e6
-        ),
-    );
 }

@@ -9,8 +9,8 @@ use std::{
 use crate::{Report, Stats};
 
 /// `main` of a bench target: runs `bench` only under `cargo bench` (which
-/// passes `--bench`), so `cargo test --benches` stays fast, and prints the
-/// report as text.
+/// passes `--bench`), so `cargo test --benches` stays fast, on a
+/// single-threaded runtime, and prints the report as text.
 pub fn bench_main<F>(name: &str, bench: impl FnOnce() -> F) -> ExitCode
 where
     F: Future<Output = Result<Report, String>>,
@@ -19,7 +19,10 @@ where
         println!("{name}: run it with `cargo bench`");
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One client thread: the client's own wake-ups (tonic's buffer, h2 and
+    // HTTP/1 connection tasks) then stay on one core instead of adding
+    // cross-thread hand-offs to every measured call, direct or not.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -70,4 +73,67 @@ pub fn checked(name: &str, stats: Stats) -> Result<Stats, String> {
         (Some(e), n) if n > 0 => Err(format!("{name}: {n} of {} calls failed: {e}", stats.ops)),
         _ => Ok(stats),
     }
+}
+
+/// The backend's metrics as `name{labels}` → value.
+pub fn scrape(port: u16) -> Result<std::collections::HashMap<String, f64>, String> {
+    use std::io::{Read as _, Write as _};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))
+        .map_err(|e| format!("connect to the backend's metrics: {e}"))?;
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .map_err(|e| format!("metrics request: {e}"))?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text)
+        .map_err(|e| format!("metrics response: {e}"))?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect())
+}
+
+/// Adds the mean time per request inside the backend's handler and in its
+/// store calls (`store_ops`: the `operation` labels), from the metric deltas
+/// of one row: what is left of the client-side latency is the gRPC hop.
+pub fn split(
+    report: &mut Report,
+    row: &str,
+    before: &std::collections::HashMap<String, f64>,
+    after: &std::collections::HashMap<String, f64>,
+    method: &str,
+    store_ops: &[&str],
+) {
+    let delta =
+        |k: String| after.get(&k).copied().unwrap_or(0.0) - before.get(&k).copied().unwrap_or(0.0);
+    let requests = delta(format!(
+        "storage_backend_grpc_request_duration_seconds_count{{method=\"{method}\"}}"
+    ));
+    if requests <= 0.0 {
+        return;
+    }
+    let handler = delta(format!(
+        "storage_backend_grpc_request_duration_seconds_sum{{method=\"{method}\"}}"
+    ));
+    let (mut store, mut calls) = (0.0, 0.0);
+    for op in store_ops {
+        store += delta(format!(
+            "storage_backend_store_call_duration_seconds_sum{{operation=\"{op}\"}}"
+        ));
+        calls += delta(format!(
+            "storage_backend_store_call_duration_seconds_count{{operation=\"{op}\"}}"
+        ));
+    }
+    report.param(
+        format!("{row}: mean per request"),
+        format!(
+            "handler {:.0}us, store {:.0}us in {:.2} calls, in-backend rest {:.0}us",
+            handler / requests * 1e6,
+            store / requests * 1e6,
+            calls / requests,
+            (handler - store) / requests * 1e6
+        ),
+    );
 }

@@ -146,6 +146,13 @@ impl BackendProcess {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        // `TESTKIT_BACKEND_ENV="K=V;K=V"`: extra settings for every backend
+        // started, applied last (e.g. a bench run with APP_WORKER_THREADS=1).
+        if let Ok(extra) = std::env::var("TESTKIT_BACKEND_ENV") {
+            for (k, v) in extra.split(';').filter_map(|kv| kv.split_once('=')) {
+                cmd.env(k.trim(), v.trim());
+            }
+        }
         let name = Path::new(bin)
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
