@@ -167,6 +167,32 @@ async fn revisions_are_stored_one_object_each_with_the_exact_bytes_and_tags() {
     }
 }
 
+/// For S3-compatible stores without tagging; also the single-threaded
+/// runtime (APP_WORKER_THREADS=1) under the whole suite.
+#[tokio::test(flavor = "multi_thread")]
+async fn objects_carry_no_tags_when_tagging_is_off_and_one_thread_passes_the_suite() {
+    let (moto, s3) = moto_with_bucket("untagged", false).await;
+    let backend = start_backend(&backend_env(
+        &moto,
+        "untagged",
+        &[("APP_S3_TAG_OBJECTS", "false"), ("APP_WORKER_THREADS", "1")],
+    ))
+    .serving()
+    .await;
+    assert_clean(&conformance(&backend.url).await, MIN_CASES);
+    create(&backend, "untag-1", b"{}").await.expect("create");
+    for key in ["capact/untag-1/head", "capact/untag-1/rev/1"] {
+        let tags = s3
+            .get_object_tagging()
+            .bucket("untagged")
+            .key(key)
+            .send()
+            .await
+            .expect("tagging");
+        assert!(tags.tag_set().is_empty(), "{key}: {:?}", tags.tag_set());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sse_s3_is_requested_on_every_object() {
     let (moto, s3) = moto_with_bucket("sse-s3", false).await;
