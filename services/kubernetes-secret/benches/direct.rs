@@ -32,6 +32,8 @@ use testkit::{BackendProcess, kube::Cluster};
 
 const VALUE_SIZE: usize = 1024;
 const GET_OPS: u64 = 2000;
+/// Alternating backend/direct rounds the get rows are split into.
+const GET_ROUNDS: u64 = 20;
 const UPDATE_OPS: u64 = 600;
 const WARMUP_OPS: u64 = 50;
 const CONCURRENCY: [usize; 2] = [1, 16];
@@ -110,9 +112,20 @@ async fn bench_all() -> Result<Report, String> {
             .map_err(|s| format!("create {id}: {s}"))?;
     }
     for concurrency in CONCURRENCY {
-        let name = format!("get c{concurrency} direct");
+        // Backend and direct in alternating rounds (bench::run_paired): the
+        // store's speed drifts during a run, and both sides of a round see
+        // the same drift.
+        let name = format!("get c{concurrency}");
         let (api, ids) = (Arc::clone(&secrets), Arc::clone(&get_ids));
-        let stats = bench::run(
+        let (t, tids) = (Arc::clone(&target), Arc::clone(&get_ids));
+        let paired = bench::run_paired(
+            move |seq| {
+                let (t, ids) = (Arc::clone(&t), Arc::clone(&tids));
+                async move {
+                    let id = &ids[(seq % ids.len() as u64) as usize];
+                    t.get(id, 1).await.map(drop).map_err(|s| s.to_string())
+                }
+            },
             move |seq| {
                 let (api, ids) = (Arc::clone(&api), Arc::clone(&ids));
                 async move {
@@ -125,28 +138,10 @@ async fn bench_all() -> Result<Report, String> {
                 }
             },
             &options(concurrency, GET_OPS),
+            GET_ROUNDS,
         )
         .await?;
-        report.row(&name, checked(&name, stats)?);
-
-        let name = format!("get c{concurrency} backend");
-        let (t, ids) = (Arc::clone(&target), Arc::clone(&get_ids));
-        let stats = bench::run(
-            move |seq| {
-                let (t, ids) = (Arc::clone(&t), Arc::clone(&ids));
-                async move {
-                    let id = &ids[(seq % ids.len() as u64) as usize];
-                    t.get(id, 1).await.map(drop).map_err(|s| s.to_string())
-                }
-            },
-            &options(concurrency, GET_OPS),
-        )
-        .await?;
-        report.row(&name, checked(&name, stats)?);
-        report.compare(
-            &format!("get c{concurrency} backend"),
-            &format!("get c{concurrency} direct"),
-        )?;
+        bench::harness::paired_rows(&mut report, &name, paired)?;
     }
 
     let value = Arc::new(value);

@@ -5,7 +5,10 @@
 //! `cargo bench -p s3 --bench direct` (needs `moto_server`: see tests/setup.sh).
 //! Rows, at concurrency 1 and 16, a fixed number of calls each:
 //! - `get cN backend`: GetValue of revision 1 through the backend;
-//! - `get cN direct`: GetObject of the same object (`capact/<id>/rev/1`);
+//! - `get cN direct`: GetObject of the same object (`capact/<id>/rev/1`),
+//!   run in alternating rounds with the backend row (`bench::run_paired`)
+//!   so that moto's drift moves both alike; the report adds the median of
+//!   the per-round p50 ratios;
 //! - `update cN backend`: OnUpdate to the next revision, each worker on its
 //!   own TypeInstance;
 //! - `update cN direct`: one create-only PutObject of a new key (the
@@ -35,6 +38,8 @@ use support::{Moto, PREFIX, backend_env, create_bucket, s3_client, start_backend
 const BUCKET: &str = "bench";
 const VALUE_SIZE: usize = 1024;
 const GET_OPS: u64 = 1000;
+/// Alternating backend/direct rounds the get rows are split into.
+const GET_ROUNDS: u64 = 20;
 const UPDATE_OPS: u64 = 300;
 const WARMUP_OPS: u64 = 30;
 const CONCURRENCY: [usize; 2] = [1, 16];
@@ -149,9 +154,20 @@ async fn bench_all() -> Result<Report, String> {
             .map_err(|s| format!("create {id}: {s}"))?;
     }
     for concurrency in CONCURRENCY {
-        let name = format!("get c{concurrency} direct");
+        // Backend and direct in alternating rounds: moto's speed drifts
+        // between runs by more than the hop costs.
+        let name = format!("get c{concurrency}");
+        let before = bench::harness::scrape(metrics_port)?;
         let (s3, ids) = (Arc::clone(&direct), Arc::clone(&get_ids));
-        let stats = bench::run(
+        let (t, tids) = (Arc::clone(&target), Arc::clone(&get_ids));
+        let paired = bench::run_paired(
+            move |seq| {
+                let (t, ids) = (Arc::clone(&t), Arc::clone(&tids));
+                async move {
+                    let id = &ids[(seq % ids.len() as u64) as usize];
+                    t.get(id, 1).await.map(drop).map_err(|s| s.to_string())
+                }
+            },
             move |seq| {
                 let (s3, ids) = (Arc::clone(&s3), Arc::clone(&ids));
                 async move {
@@ -162,37 +178,18 @@ async fn bench_all() -> Result<Report, String> {
                 }
             },
             &options(concurrency, GET_OPS),
+            GET_ROUNDS,
         )
         .await?;
-        report.row(&name, checked(&name, stats)?);
-
-        let name = format!("get c{concurrency} backend");
-        let before = bench::harness::scrape(metrics_port)?;
-        let (t, ids) = (Arc::clone(&target), Arc::clone(&get_ids));
-        let stats = bench::run(
-            move |seq| {
-                let (t, ids) = (Arc::clone(&t), Arc::clone(&ids));
-                async move {
-                    let id = &ids[(seq % ids.len() as u64) as usize];
-                    t.get(id, 1).await.map(drop).map_err(|s| s.to_string())
-                }
-            },
-            &options(concurrency, GET_OPS),
-        )
-        .await?;
-        report.row(&name, checked(&name, stats)?);
+        bench::harness::paired_rows(&mut report, &name, paired)?;
         bench::harness::split(
             &mut report,
-            &name,
+            &format!("{name} backend"),
             &before,
             &bench::harness::scrape(metrics_port)?,
             "GetValue",
             &["get_object"],
         );
-        report.compare(
-            &format!("get c{concurrency} backend"),
-            &format!("get c{concurrency} direct"),
-        )?;
     }
 
     for concurrency in CONCURRENCY {

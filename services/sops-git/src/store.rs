@@ -78,10 +78,8 @@ impl Snapshot<'_> {
         let Some(tree) = &self.tree else {
             return Ok(None);
         };
-        let entry = match tree.get_path(Path::new(path)) {
-            Ok(e) => e,
-            Err(e) if e.code() == ErrorCode::NotFound => return Ok(None),
-            Err(e) => return Err(internal("reading the tree", e)),
+        let Some(entry) = entry_at(self.repo, tree, path)? else {
+            return Ok(None);
         };
         let blob = self
             .repo
@@ -95,14 +93,16 @@ impl Snapshot<'_> {
         let Some(tree) = &self.tree else {
             return Ok(Vec::new());
         };
-        let entry = match tree.get_path(Path::new(dir)) {
-            Ok(e) => e,
-            Err(e) if e.code() == ErrorCode::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(internal("reading the tree", e)),
-        };
-        let Ok(sub) = self.repo.find_tree(entry.id()) else {
+        let Some(entry) = entry_at(self.repo, tree, dir)? else {
             return Ok(Vec::new());
         };
+        if entry.kind() != Some(git2::ObjectType::Tree) {
+            return Ok(Vec::new());
+        }
+        let sub = self
+            .repo
+            .find_tree(entry.id())
+            .map_err(|e| internal("reading a tree", e))?;
         Ok(sub
             .iter()
             .filter_map(|e| e.name().ok().map(str::to_owned))
@@ -200,6 +200,11 @@ impl GitStore {
 
     /// Fetches the branch; a missing branch (empty remote) is fine.
     fn fetch(&self, inner: &mut Inner) -> Result<()> {
+        if let Some(path) = local_path(&self.opts.remote_url) {
+            fetch_local(&inner.repo, &path, &self.opts.branch, &self.tracking_ref())?;
+            self.fetched();
+            return Ok(());
+        }
         let mut remote = inner
             .repo
             .find_remote(REMOTE)
@@ -213,11 +218,15 @@ impl GitStore {
             .map_err(|e| remote_error("fetch", e))?;
         // A branch deleted on the remote leaves no tracking ref behind after
         // the prune; nothing else to do.
+        self.fetched();
+        Ok(())
+    }
+
+    fn fetched(&self) {
         *self
             .last_fetch
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
-        Ok(())
     }
 
     fn tip<'r>(&self, repo: &'r Repository) -> Result<Option<Commit<'r>>> {
@@ -619,6 +628,38 @@ fn ssh_port(url: &str) -> Option<u16> {
     port.parse().ok()
 }
 
+/// The entry at `path` under `tree`, or None when the path is absent. An
+/// object missing from the clone on the way is an error, never "absent":
+/// libgit2's `get_path` reports both as not-found, and a damaged or
+/// half-fetched clone must not answer NOT_FOUND for a stored revision.
+fn entry_at(
+    repo: &Repository,
+    tree: &Tree<'_>,
+    path: &str,
+) -> Result<Option<git2::TreeEntry<'static>>> {
+    let mut names = path.split('/').filter(|n| !n.is_empty()).peekable();
+    let mut sub: Option<Tree<'_>> = None;
+    while let Some(name) = names.next() {
+        let next = {
+            let Some(entry) = sub.as_ref().unwrap_or(tree).get_name(name) else {
+                return Ok(None);
+            };
+            if names.peek().is_none() {
+                return Ok(Some(entry.to_owned()));
+            }
+            if entry.kind() != Some(git2::ObjectType::Tree) {
+                return Ok(None);
+            }
+            entry.id()
+        };
+        sub = Some(
+            repo.find_tree(next)
+                .map_err(|e| internal("reading a tree", e))?,
+        );
+    }
+    Ok(None)
+}
+
 /// The directory of a local remote (`file://` URL or plain path), if it is one.
 fn local_path(url: &str) -> Option<PathBuf> {
     if let Some(rest) = url.strip_prefix("file://") {
@@ -650,7 +691,7 @@ fn push_local(
     let dst = remote
         .odb()
         .map_err(|e| remote_error("open the remote object database", e))?;
-    copy_missing(repo, &src, &dst, commit)?;
+    copy_missing(repo, &src, &dst, commit).map_err(|e| remote_error("write objects", e))?;
     let name = format!("refs/heads/{branch}");
     let result = match parent {
         Some(old) => remote.reference_matching(&name, commit, true, old, "sops-git push"),
@@ -670,43 +711,83 @@ fn push_local(
     }
 }
 
-/// Copies `oid` and everything it references that `dst` lacks. An object
-/// present in `dst` implies its closure is (Git's own invariant), so the walk
-/// stops there: only the changed paths are visited.
+/// Copies `oid` and everything it references that `dst` lacks, from the
+/// repository `src_repo` (whose object database is `src`). An object present
+/// in `dst` implies its closure is (Git's own invariant, kept here by writing
+/// every object after all it references), so the walk stops there: only new
+/// commits and changed paths are visited. Iterative, so a long history
+/// copied on a first fetch cannot overflow the stack.
 fn copy_missing(
-    repo: &Repository,
+    src_repo: &Repository,
     src: &git2::Odb<'_>,
     dst: &git2::Odb<'_>,
     oid: Oid,
-) -> Result<()> {
-    if dst.exists(oid) {
-        return Ok(());
-    }
-    let obj = src
-        .read(oid)
-        .map_err(|e| internal("reading an object to push", e))?;
-    match obj.kind() {
-        git2::ObjectType::Commit => {
-            let commit = repo
-                .find_commit(oid)
-                .map_err(|e| internal("reading a commit to push", e))?;
-            copy_missing(repo, src, dst, commit.tree_id())?;
-            for p in commit.parent_ids() {
-                copy_missing(repo, src, dst, p)?;
-            }
+) -> std::result::Result<(), git2::Error> {
+    // (object, its references already queued)
+    let mut stack = vec![(oid, false)];
+    while let Some((id, expanded)) = stack.pop() {
+        if dst.exists(id) {
+            continue;
         }
-        git2::ObjectType::Tree => {
-            let tree = repo
-                .find_tree(oid)
-                .map_err(|e| internal("reading a tree to push", e))?;
-            for entry in tree.iter() {
-                copy_missing(repo, src, dst, entry.id())?;
-            }
+        let obj = src.read(id)?;
+        if expanded {
+            dst.write(obj.kind(), obj.data())?;
+            continue;
         }
-        _ => {}
+        stack.push((id, true));
+        match obj.kind() {
+            git2::ObjectType::Commit => {
+                let commit = src_repo.find_commit(id)?;
+                stack.push((commit.tree_id(), false));
+                stack.extend(commit.parent_ids().map(|p| (p, false)));
+            }
+            git2::ObjectType::Tree => {
+                let tree = src_repo.find_tree(id)?;
+                stack.extend(tree.iter().map(|e| (e.id(), false)));
+            }
+            _ => {}
+        }
     }
-    dst.write(obj.kind(), obj.data())
-        .map_err(|e| remote_error("write an object", e))?;
+    Ok(())
+}
+
+/// Fetches the branch of a repository on the local file system: its ref is
+/// read by name (one file, replaced atomically by every writer) and the
+/// objects the clone lacks are copied, then the tracking ref is moved. A
+/// missing branch (empty remote) removes the tracking ref.
+///
+/// Why not libgit2's fetch: its local transport lists every ref of the
+/// remote and packs a walk of it on each call; reading the one ref we follow
+/// is cheaper, and keeps a cross-process read-after-write on the same
+/// footing as `push_local` (the objects land in the remote before its ref
+/// moves, and here in the clone before the tracking ref does).
+fn fetch_local(repo: &Repository, remote_dir: &Path, branch: &str, tracking: &str) -> Result<()> {
+    let remote = Repository::open(remote_dir).map_err(|e| remote_error("open", e))?;
+    let tip = match remote.find_reference(&format!("refs/heads/{branch}")) {
+        Ok(r) => r
+            .resolve()
+            .map_err(|e| remote_error("resolve the branch", e))?
+            .target(),
+        Err(e) if e.code() == ErrorCode::NotFound => None,
+        Err(e) => return Err(remote_error("read the branch", e)),
+    };
+    let Some(tip) = tip else {
+        return match repo.find_reference(tracking) {
+            Ok(mut r) => r
+                .delete()
+                .map_err(|e| internal("removing the tracking ref", e)),
+            Err(_) => Ok(()),
+        };
+    };
+    let src = remote
+        .odb()
+        .map_err(|e| remote_error("open the remote object database", e))?;
+    let dst = repo
+        .odb()
+        .map_err(|e| internal("opening the object database", e))?;
+    copy_missing(&remote, &src, &dst, tip).map_err(|e| remote_error("copy objects", e))?;
+    repo.reference(tracking, tip, true, "fetched")
+        .map_err(|e| internal("updating the tracking ref", e))?;
     Ok(())
 }
 
@@ -901,6 +982,55 @@ mod tests {
             .read(|snap| Ok((snap.read("other/1")?, snap.read("mine")?)))
             .expect("read");
         assert!(theirs.is_some() && mine.is_some(), "a write was lost");
+    }
+
+    #[test]
+    fn a_branch_removed_on_the_remote_reads_as_empty() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        s.write(|_| Ok(Some(put("a", "x")))).expect("write");
+        let remote = Repository::open_bare(dir.path().join("remote.git")).expect("open");
+        remote
+            .find_reference("refs/heads/main")
+            .expect("branch")
+            .delete()
+            .expect("delete");
+        assert_eq!(s.read(|snap| snap.read("a")).expect("read"), None);
+    }
+
+    #[test]
+    fn an_object_missing_from_the_clone_is_an_error_never_absence() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        s.write(|_| Ok(Some(put("a/b/c", "x")))).expect("write");
+        // Lose the tree of `a/b` from the clone (it stays in the remote).
+        let id = {
+            let clone = Repository::open_bare(&s.opts.clone_dir).expect("clone");
+            let tip = clone
+                .find_reference(&s.tracking_ref())
+                .and_then(|r| r.peel_to_commit())
+                .expect("tip");
+            let tree = tip.tree().expect("tree");
+            let a = clone
+                .find_tree(tree.get_name("a").expect("a").id())
+                .expect("a tree");
+            a.get_name("b").expect("b").id().to_string()
+        };
+        let loose = s
+            .opts
+            .clone_dir
+            .join("objects")
+            .join(&id[..2])
+            .join(&id[2..]);
+        std::fs::remove_file(loose).expect("remove the loose object");
+        // A new handle: nothing of the tree is cached in memory.
+        let fresh = store(dir.path());
+        for err in [
+            fresh.read(|snap| snap.read("a/b/c")).expect_err("read"),
+            fresh.read(|snap| snap.list("a/b")).expect_err("list"),
+        ] {
+            assert_eq!(err.kind(), shared::ErrorKind::Internal);
+        }
     }
 
     #[test]

@@ -226,11 +226,10 @@ async fn two_writers(dir: &std::path::Path, remote: &str) {
     }
     for task in tasks {
         let id = task.await.expect("join").expect("every create succeeds");
-        for t in [&ta, &tb] {
-            assert_eq!(
-                &t.get(&id, 1).await.expect("visible in both")[..],
-                id.as_bytes()
-            );
+        for (process, t) in [("a", &ta), ("b", &tb)] {
+            let got = t.get(&id, 1).await;
+            let got = got.unwrap_or_else(|s| panic!("{id} not visible in {process}: {s:?}"));
+            assert_eq!(&got[..], id.as_bytes());
         }
     }
 

@@ -39,6 +39,8 @@ const MOUNT: &str = "secret";
 const PREFIX: &str = "capact";
 const VALUE_SIZE: usize = 1024;
 const GET_OPS: u64 = 2000;
+/// Alternating backend/direct rounds the get rows are split into.
+const GET_ROUNDS: u64 = 20;
 const UPDATE_OPS: u64 = 600;
 const WARMUP_OPS: u64 = 50;
 const CONCURRENCY: [usize; 2] = [1, 16];
@@ -173,9 +175,21 @@ async fn bench_all() -> Result<Report, String> {
     report.row("hop c1 (health check)", checked("hop", stats)?);
 
     for concurrency in CONCURRENCY {
-        let name = format!("get c{concurrency} direct");
+        // Backend and direct in alternating rounds (bench::run_paired): the
+        // store's speed drifts during a run, and both sides of a round see
+        // the same drift.
+        let name = format!("get c{concurrency}");
+        let before = bench::harness::scrape(metrics_port)?;
         let (client, ids) = (Arc::clone(&direct), Arc::clone(&get_ids));
-        let stats = bench::run(
+        let (t, tids) = (Arc::clone(&target), Arc::clone(&get_ids));
+        let paired = bench::run_paired(
+            move |seq| {
+                let (t, ids) = (Arc::clone(&t), Arc::clone(&tids));
+                async move {
+                    let id = &ids[(seq % ids.len() as u64) as usize];
+                    t.get(id, 1).await.map(drop).map_err(|s| s.to_string())
+                }
+            },
             move |seq| {
                 let (client, ids) = (Arc::clone(&client), Arc::clone(&ids));
                 async move {
@@ -188,37 +202,18 @@ async fn bench_all() -> Result<Report, String> {
                 }
             },
             &options(concurrency, GET_OPS),
+            GET_ROUNDS,
         )
         .await?;
-        report.row(&name, checked(&name, stats)?);
-
-        let name = format!("get c{concurrency} backend");
-        let before = bench::harness::scrape(metrics_port)?;
-        let (t, ids) = (Arc::clone(&target), Arc::clone(&get_ids));
-        let stats = bench::run(
-            move |seq| {
-                let (t, ids) = (Arc::clone(&t), Arc::clone(&ids));
-                async move {
-                    let id = &ids[(seq % ids.len() as u64) as usize];
-                    t.get(id, 1).await.map(drop).map_err(|s| s.to_string())
-                }
-            },
-            &options(concurrency, GET_OPS),
-        )
-        .await?;
-        report.row(&name, checked(&name, stats)?);
+        bench::harness::paired_rows(&mut report, &name, paired)?;
         bench::harness::split(
             &mut report,
-            &name,
+            &format!("{name} backend"),
             &before,
             &bench::harness::scrape(metrics_port)?,
             "GetValue",
             &["kv2_read"],
         );
-        report.compare(
-            &format!("get c{concurrency} backend"),
-            &format!("get c{concurrency} direct"),
-        )?;
     }
 
     // OnUpdate: every worker writes its own TypeInstance / secret.

@@ -137,3 +137,30 @@ pub fn split(
         ),
     );
 }
+
+/// Adds the two rows of a paired run (`{row} backend`, `{row} direct`),
+/// their comparison, and the median of the per-round p50 ratios with its
+/// spread. Fails when any call failed.
+pub fn paired_rows(report: &mut Report, row: &str, paired: crate::Paired) -> Result<(), String> {
+    let (backend, direct) = (format!("{row} backend"), format!("{row} direct"));
+    let median = paired.median_round_ratio();
+    let (min, max) = paired
+        .round_ratios
+        .iter()
+        .fold((f64::INFINITY, 0.0_f64), |(lo, hi), r| {
+            (lo.min(*r), hi.max(*r))
+        });
+    report.row(&direct, checked(&direct, paired.direct)?);
+    report.row(&backend, checked(&backend, paired.backend)?);
+    report.compare(&backend, &direct)?;
+    if let Some(m) = median {
+        report.param(
+            format!("{row}: p50 ratio per round"),
+            format!(
+                "median x{m:.2} over {} alternating rounds (min x{min:.2}, max x{max:.2})",
+                paired.round_ratios.len()
+            ),
+        );
+    }
+    Ok(())
+}

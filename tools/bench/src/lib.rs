@@ -96,6 +96,121 @@ where
     ))
 }
 
+/// Two runs of the same workload, one through the backend and one straight
+/// to its store, measured in alternating rounds.
+#[derive(Clone, Debug)]
+pub struct Paired {
+    pub backend: Stats,
+    pub direct: Stats,
+    /// `backend p50 / direct p50` of each round, in round order.
+    pub round_ratios: Vec<f64>,
+}
+
+impl Paired {
+    /// The median of the per-round p50 ratios: a store whose speed drifts
+    /// during the run (a Python moto, a garbage-collecting API server) moves
+    /// both sides of a round alike, so this is steadier than one ratio of
+    /// two long runs made one after the other.
+    pub fn median_round_ratio(&self) -> Option<f64> {
+        let mut r: Vec<f64> = self
+            .round_ratios
+            .iter()
+            .copied()
+            .filter(|x| x.is_finite())
+            .collect();
+        if r.is_empty() {
+            return None;
+        }
+        r.sort_by(f64::total_cmp);
+        let mid = r.len() / 2;
+        Some(if r.len() % 2 == 1 {
+            r[mid]
+        } else {
+            f64::midpoint(r[mid - 1], r[mid])
+        })
+    }
+}
+
+/// Runs `backend` and `direct` in `rounds` alternating rounds of
+/// `options.ops / rounds` calls each (ABBA order, so neither side always
+/// goes first), after `options.warmup_ops` warm-up calls of each. Each
+/// side's sequence numbers count up across its rounds as in [`run`].
+/// `options.duration` is ignored: rounds need a number of calls.
+pub async fn run_paired<B, BF, D, DF>(
+    backend: B,
+    direct: D,
+    options: &RunOptions,
+    rounds: u64,
+) -> Result<Paired, String>
+where
+    B: Fn(u64) -> BF + Send + Sync + 'static,
+    BF: Future<Output = OpResult> + Send + 'static,
+    D: Fn(u64) -> DF + Send + Sync + 'static,
+    DF: Future<Output = OpResult> + Send + 'static,
+{
+    options.check()?;
+    let ops = options
+        .ops
+        .ok_or_else(|| "paired runs need a number of ops".to_owned())?;
+    let rounds = rounds.clamp(1, ops);
+    let per_round = ops / rounds;
+    let (backend, direct) = (Arc::new(backend), Arc::new(direct));
+    let (mut b_seq, mut d_seq) = (0, 0);
+    if options.warmup_ops > 0 {
+        let warm = |first_seq| Phase {
+            first_seq,
+            max_ops: Some(options.warmup_ops),
+            deadline: None,
+        };
+        b_seq = warm(0).run(&backend, options.concurrency).await?.calls();
+        d_seq = warm(0).run(&direct, options.concurrency).await?.calls();
+    }
+    let (mut b_all, mut d_all) = (Samples::default(), Samples::default());
+    let (mut b_time, mut d_time) = (Duration::ZERO, Duration::ZERO);
+    let mut round_ratios = Vec::new();
+    for round in 0..rounds {
+        let phase = |first_seq| Phase {
+            first_seq,
+            max_ops: Some(per_round),
+            deadline: None,
+        };
+        let backend_first = round % 4 == 0 || round % 4 == 3;
+        let (b, d) = if backend_first {
+            let b = timed(phase(b_seq).run(&backend, options.concurrency)).await?;
+            let d = timed(phase(d_seq).run(&direct, options.concurrency)).await?;
+            (b, d)
+        } else {
+            let d = timed(phase(d_seq).run(&direct, options.concurrency)).await?;
+            let b = timed(phase(b_seq).run(&backend, options.concurrency)).await?;
+            (b, d)
+        };
+        let ((b, bt), (d, dt)) = (b, d);
+        b_seq += b.calls();
+        d_seq += d.calls();
+        b_time += bt;
+        d_time += dt;
+        if let (Some(bp), Some(dp)) = (b.p50(), d.p50())
+            && !dp.is_zero()
+        {
+            round_ratios.push(bp.as_secs_f64() / dp.as_secs_f64());
+        }
+        b_all.merge(b);
+        d_all.merge(d);
+    }
+    let stats = |s: Samples, t| Stats::from_latencies(s.latencies, s.errors, t, s.first_error);
+    Ok(Paired {
+        backend: stats(b_all, b_time),
+        direct: stats(d_all, d_time),
+        round_ratios,
+    })
+}
+
+async fn timed<T>(f: impl Future<Output = Result<T, String>>) -> Result<(T, Duration), String> {
+    let start = Instant::now();
+    let v = f.await?;
+    Ok((v, start.elapsed()))
+}
+
 /// One phase of a run: its sequence numbers start at `first_seq`.
 struct Phase {
     first_seq: u64,
@@ -114,6 +229,12 @@ struct Samples {
 impl Samples {
     fn calls(&self) -> u64 {
         self.latencies.len() as u64 + self.errors
+    }
+
+    fn p50(&self) -> Option<Duration> {
+        let mut l = self.latencies.clone();
+        l.sort_unstable();
+        (!l.is_empty()).then(|| percentile(&l, 50.0))
     }
 
     fn merge(&mut self, other: Samples) {
@@ -216,6 +337,58 @@ mod tests {
         assert_eq!(seen.len(), 520);
         let unique: BTreeSet<u64> = seen.iter().copied().collect();
         assert_eq!(unique, (0..520).collect::<BTreeSet<u64>>());
+    }
+
+    #[tokio::test]
+    async fn paired_rounds_call_each_side_its_own_sequence_once() {
+        let seen = Arc::new(Mutex::new((Vec::new(), Vec::new())));
+        let (rb, rd) = (Arc::clone(&seen), Arc::clone(&seen));
+        let paired = run_paired(
+            move |seq| {
+                let rb = Arc::clone(&rb);
+                async move {
+                    rb.lock().map_err(|e| e.to_string())?.0.push(seq);
+                    Ok(())
+                }
+            },
+            move |seq| {
+                let rd = Arc::clone(&rd);
+                async move {
+                    rd.lock().map_err(|e| e.to_string())?.1.push(seq);
+                    Ok(())
+                }
+            },
+            &options(3, 100, 5),
+            10,
+        )
+        .await
+        .expect("runs");
+        assert_eq!((paired.backend.ops, paired.direct.ops), (100, 100));
+        assert_eq!(paired.round_ratios.len(), 10);
+        let (b, d) = seen.lock().expect("not poisoned").clone();
+        for calls in [b, d] {
+            let unique: BTreeSet<u64> = calls.iter().copied().collect();
+            assert_eq!(calls.len(), 105);
+            assert_eq!(unique, (0..105).collect::<BTreeSet<u64>>());
+        }
+    }
+
+    #[test]
+    fn median_round_ratio_ignores_one_disturbed_round() {
+        let paired = |round_ratios: Vec<f64>| Paired {
+            backend: Stats::default(),
+            direct: Stats::default(),
+            round_ratios,
+        };
+        assert_eq!(
+            paired(vec![1.05, 3.0, 1.02]).median_round_ratio(),
+            Some(1.05)
+        );
+        assert_eq!(
+            paired(vec![1.0, 1.2, 9.0, 0.5]).median_round_ratio(),
+            Some(1.1)
+        );
+        assert_eq!(paired(Vec::new()).median_round_ratio(), None);
     }
 
     #[tokio::test]

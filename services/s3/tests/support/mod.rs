@@ -36,6 +36,10 @@ pub async fn s3_client(moto: &Moto) -> Client {
             "test",
         ))
         .force_path_style(true)
+        // As the backend sets it (services/s3/src/lib.rs): the bench's
+        // direct calls must be the same requests.
+        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
         .build();
     Client::from_conf(conf)
 }
