@@ -117,15 +117,8 @@ async fn bench_all() -> Result<Report, String> {
         // the same drift.
         let name = format!("get c{concurrency}");
         let (api, ids) = (Arc::clone(&secrets), Arc::clone(&get_ids));
-        let (t, tids) = (Arc::clone(&target), Arc::clone(&get_ids));
         let paired = bench::run_paired(
-            move |seq| {
-                let (t, ids) = (Arc::clone(&t), Arc::clone(&tids));
-                async move {
-                    let id = &ids[(seq % ids.len() as u64) as usize];
-                    t.get(id, 1).await.map(drop).map_err(|s| s.to_string())
-                }
-            },
+            bench::harness::get_cycling(&target, &get_ids, 1),
             move |seq| {
                 let (api, ids) = (Arc::clone(&api), Arc::clone(&ids));
                 async move {

@@ -159,15 +159,8 @@ async fn bench_all() -> Result<Report, String> {
         let name = format!("get c{concurrency}");
         let before = bench::harness::scrape(metrics_port)?;
         let (s3, ids) = (Arc::clone(&direct), Arc::clone(&get_ids));
-        let (t, tids) = (Arc::clone(&target), Arc::clone(&get_ids));
         let paired = bench::run_paired(
-            move |seq| {
-                let (t, ids) = (Arc::clone(&t), Arc::clone(&tids));
-                async move {
-                    let id = &ids[(seq % ids.len() as u64) as usize];
-                    t.get(id, 1).await.map(drop).map_err(|s| s.to_string())
-                }
-            },
+            bench::harness::get_cycling(&target, &get_ids, 1),
             move |seq| {
                 let (s3, ids) = (Arc::clone(&s3), Arc::clone(&ids));
                 async move {

@@ -57,18 +57,7 @@ async fn get_row(
     rev: u32,
     options: &RunOptions,
 ) -> Result<Stats, String> {
-    let (t, ids) = (Arc::clone(t), Arc::clone(ids));
-    bench::run(
-        move |seq| {
-            let (t, ids) = (Arc::clone(&t), Arc::clone(&ids));
-            async move {
-                let id = &ids[(seq % ids.len() as u64) as usize];
-                t.get(id, rev).await.map(drop).map_err(|s| s.to_string())
-            }
-        },
-        options,
-    )
-    .await
+    bench::run(bench::harness::get_cycling(t, ids, rev), options).await
 }
 
 /// OnUpdate of the next revision, each worker on its own TypeInstance.

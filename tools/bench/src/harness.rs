@@ -164,3 +164,31 @@ pub fn paired_rows(report: &mut Report, row: &str, paired: crate::Paired) -> Res
     }
     Ok(())
 }
+
+/// An operation for [`crate::run`] / [`crate::run_paired`]: GetValue of
+/// `revision` through `target`, call `seq` on `ids[seq % ids.len()]`, so
+/// that every worker cycles over the same TypeInstances.
+pub fn get_cycling(
+    target: &Arc<conformance::Target>,
+    ids: &Arc<[String]>,
+    revision: u32,
+) -> impl Fn(u64) -> std::pin::Pin<Box<dyn Future<Output = crate::OpResult> + Send>>
++ Send
++ Sync
++ 'static {
+    let (target, ids) = (Arc::clone(target), Arc::clone(ids));
+    move |seq| {
+        let target = Arc::clone(&target);
+        let id = ids
+            .get(usize::try_from(seq % ids.len().max(1) as u64).unwrap_or(0))
+            .cloned();
+        Box::pin(async move {
+            let id = id.ok_or_else(|| "no TypeInstance to read".to_owned())?;
+            target
+                .get(&id, revision)
+                .await
+                .map(drop)
+                .map_err(|s| s.to_string())
+        })
+    }
+}
