@@ -779,6 +779,11 @@ fn fetch_local(repo: &Repository, remote_dir: &Path, branch: &str, tracking: &st
             Err(_) => Ok(()),
         };
     };
+    // The common case for reads: nothing new, so no object walk and no
+    // ref write.
+    if repo.refname_to_id(tracking).ok() == Some(tip) {
+        return Ok(());
+    }
     let src = remote
         .odb()
         .map_err(|e| remote_error("open the remote object database", e))?;
