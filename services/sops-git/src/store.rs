@@ -685,13 +685,7 @@ fn push_local(
     parent: Option<Oid>,
 ) -> Result<()> {
     let remote = Repository::open(remote_dir).map_err(|e| remote_error("open", e))?;
-    let src = repo
-        .odb()
-        .map_err(|e| internal("opening the object database", e))?;
-    let dst = remote
-        .odb()
-        .map_err(|e| remote_error("open the remote object database", e))?;
-    copy_missing(repo, &src, &dst, commit).map_err(|e| remote_error("write objects", e))?;
+    copy_missing(repo, &remote, commit).map_err(|e| remote_error("write objects", e))?;
     let name = format!("refs/heads/{branch}");
     let result = match parent {
         Some(old) => remote.reference_matching(&name, commit, true, old, "sops-git push"),
@@ -711,18 +705,17 @@ fn push_local(
     }
 }
 
-/// Copies `oid` and everything it references that `dst` lacks, from the
-/// repository `src_repo` (whose object database is `src`). An object present
-/// in `dst` implies its closure is (Git's own invariant, kept here by writing
-/// every object after all it references), so the walk stops there: only new
-/// commits and changed paths are visited. Iterative, so a long history
-/// copied on a first fetch cannot overflow the stack.
+/// Copies `oid` and everything it references that `to` lacks, from `from`.
+/// An object present in `to` implies its closure is (Git's own invariant,
+/// kept here by writing every object after all it references), so the walk
+/// stops there: only new commits and changed paths are visited. Iterative,
+/// so a long history copied on a first fetch cannot overflow the stack.
 fn copy_missing(
-    src_repo: &Repository,
-    src: &git2::Odb<'_>,
-    dst: &git2::Odb<'_>,
+    from: &Repository,
+    to: &Repository,
     oid: Oid,
 ) -> std::result::Result<(), git2::Error> {
+    let (src, dst) = (from.odb()?, to.odb()?);
     // (object, its references already queued)
     let mut stack = vec![(oid, false)];
     while let Some((id, expanded)) = stack.pop() {
@@ -737,12 +730,12 @@ fn copy_missing(
         stack.push((id, true));
         match obj.kind() {
             git2::ObjectType::Commit => {
-                let commit = src_repo.find_commit(id)?;
+                let commit = from.find_commit(id)?;
                 stack.push((commit.tree_id(), false));
                 stack.extend(commit.parent_ids().map(|p| (p, false)));
             }
             git2::ObjectType::Tree => {
-                let tree = src_repo.find_tree(id)?;
+                let tree = from.find_tree(id)?;
                 stack.extend(tree.iter().map(|e| (e.id(), false)));
             }
             _ => {}
@@ -776,7 +769,8 @@ fn fetch_local(repo: &Repository, remote_dir: &Path, branch: &str, tracking: &st
             Ok(mut r) => r
                 .delete()
                 .map_err(|e| internal("removing the tracking ref", e)),
-            Err(_) => Ok(()),
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(()),
+            Err(e) => Err(internal("reading the tracking ref", e)),
         };
     };
     // The common case for reads: nothing new, so no object walk and no
@@ -784,13 +778,7 @@ fn fetch_local(repo: &Repository, remote_dir: &Path, branch: &str, tracking: &st
     if repo.refname_to_id(tracking).ok() == Some(tip) {
         return Ok(());
     }
-    let src = remote
-        .odb()
-        .map_err(|e| remote_error("open the remote object database", e))?;
-    let dst = repo
-        .odb()
-        .map_err(|e| internal("opening the object database", e))?;
-    copy_missing(&remote, &src, &dst, tip).map_err(|e| remote_error("copy objects", e))?;
+    copy_missing(&remote, repo, tip).map_err(|e| remote_error("copy objects", e))?;
     repo.reference(tracking, tip, true, "fetched")
         .map_err(|e| internal("updating the tracking ref", e))?;
     Ok(())

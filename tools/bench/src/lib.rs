@@ -175,7 +175,7 @@ where
             deadline: None,
         };
         let backend_first = round % 4 == 0 || round % 4 == 3;
-        let (b, d) = if backend_first {
+        let ((mut b, bt), (mut d, dt)) = if backend_first {
             let b = timed(phase(b_seq).run(&backend, options.concurrency)).await?;
             let d = timed(phase(d_seq).run(&direct, options.concurrency)).await?;
             (b, d)
@@ -184,7 +184,6 @@ where
             let b = timed(phase(b_seq).run(&backend, options.concurrency)).await?;
             (b, d)
         };
-        let ((b, bt), (d, dt)) = (b, d);
         b_seq += b.calls();
         d_seq += d.calls();
         b_time += bt;
@@ -231,10 +230,11 @@ impl Samples {
         self.latencies.len() as u64 + self.errors
     }
 
-    fn p50(&self) -> Option<Duration> {
-        let mut l = self.latencies.clone();
-        l.sort_unstable();
-        (!l.is_empty()).then(|| percentile(&l, 50.0))
+    /// Sorts the latencies in place (merging and `Stats` do not care about
+    /// their order).
+    fn p50(&mut self) -> Option<Duration> {
+        self.latencies.sort_unstable();
+        (!self.latencies.is_empty()).then(|| percentile(&self.latencies, 50.0))
     }
 
     fn merge(&mut self, other: Samples) {
