@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod client;
+mod coalesce;
 pub mod config;
 pub mod error;
 pub mod grpc;

@@ -314,6 +314,9 @@ async fn run<B: Backend>(
     let mut server_stop = stop_rx.clone();
     // TCP_NODELAY: small unary responses otherwise wait ~40 ms for delayed ACKs.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // One TCP write per response (see coalesce.rs).
+    let incoming =
+        futures::StreamExt::map(incoming, |conn| conn.map(crate::coalesce::Coalescing::new));
     let server = router.serve_with_incoming_shutdown(incoming, async move {
         let _ = server_stop.wait_for(|s| *s).await;
     });

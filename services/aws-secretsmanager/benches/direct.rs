@@ -127,7 +127,7 @@ async fn bench_all() -> Result<Report, String> {
             GET_ROUNDS,
         )
         .await?;
-        bench::harness::paired_rows(&mut report, &name, paired)?;
+        bench::harness::paired_rows(&mut report, &name, "backend", paired)?;
     }
 
     for concurrency in CONCURRENCY {

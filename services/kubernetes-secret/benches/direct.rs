@@ -20,12 +20,13 @@ use std::{collections::BTreeMap, process::ExitCode, sync::Arc};
 use bench::{
     Report, RunOptions,
     cli::make_value,
-    harness::{Pool, checked},
+    harness::{CyclingOp, Pool, checked},
 };
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{
     Api,
     api::{ObjectMeta, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
 };
 use kubernetes_secret::secret_key;
 use testkit::{BackendProcess, kube::Cluster};
@@ -67,6 +68,36 @@ fn secret(name: &str, value: &[u8]) -> Secret {
     }
 }
 
+/// A GET of revision 1's Secret of each of `ids` in turn, as the backend
+/// makes it for GetValue.
+fn secret_get_cycling(api: &Arc<Api<Secret>>, ids: &Arc<[String]>) -> CyclingOp {
+    let api = Arc::clone(api);
+    bench::harness::cycling(ids, move |id| {
+        let (api, name) = (Arc::clone(&api), format!("capact-{}-r1", secret_key(id)));
+        async move {
+            api.get(&name)
+                .await
+                .map(drop)
+                .map_err(|e| format!("get {name}: {e}"))
+        }
+    })
+}
+
+/// The cluster's admin client, connecting to `addr` instead of the API
+/// server (same TLS: the forwarder only copies bytes).
+async fn client_through(cluster: &Cluster, addr: &str) -> Result<kube::Client, String> {
+    let kubeconfig = Kubeconfig::read_from(cluster.kubeconfig_path())
+        .map_err(|e| format!("read kubeconfig: {e}"))?;
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| format!("kubeconfig: {e}"))?;
+    config.cluster_url = format!("https://{addr}")
+        .parse()
+        .map_err(|e| format!("forwarder url: {e}"))?;
+    kube::Client::try_from(config).map_err(|e| format!("kube client: {e}"))
+}
+
 async fn bench_all() -> Result<Report, String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cluster = Cluster::start().await;
@@ -85,6 +116,11 @@ async fn bench_all() -> Result<Report, String> {
         conformance::Target::connect(&conformance::Connect::plain(&backend.url), None).await?,
     );
     let secrets: Arc<Api<Secret>> = Arc::new(Api::namespaced(cluster.client().await, &ns));
+    let forwarder = bench::forwarder::Forwarder::spawn(&format!("127.0.0.1:{}", cluster.port()))?;
+    let via_forwarder: Arc<Api<Secret>> = Arc::new(Api::namespaced(
+        client_through(&cluster, &forwarder.addr()).await?,
+        &ns,
+    ));
     let value = make_value(VALUE_SIZE);
 
     let mut report = Report::new(
@@ -116,25 +152,29 @@ async fn bench_all() -> Result<Report, String> {
         // store's speed drifts during a run, and both sides of a round see
         // the same drift.
         let name = format!("get c{concurrency}");
-        let (api, ids) = (Arc::clone(&secrets), Arc::clone(&get_ids));
         let paired = bench::run_paired(
             bench::harness::get_cycling(&target, &get_ids, 1),
-            move |seq| {
-                let (api, ids) = (Arc::clone(&api), Arc::clone(&ids));
-                async move {
-                    let id = &ids[(seq % ids.len() as u64) as usize];
-                    let name = format!("capact-{}-r1", secret_key(id));
-                    api.get(&name)
-                        .await
-                        .map(drop)
-                        .map_err(|e| format!("get {name}: {e}"))
-                }
-            },
+            secret_get_cycling(&secrets, &get_ids),
             &options(concurrency, GET_OPS),
             GET_ROUNDS,
         )
         .await?;
-        bench::harness::paired_rows(&mut report, &name, paired)?;
+        bench::harness::paired_rows(&mut report, &name, "backend", paired)?;
+        // The floor: the same GET through a process that only copies bytes
+        // (TLS passes through it untouched).
+        let floor = bench::run_paired(
+            secret_get_cycling(&via_forwarder, &get_ids),
+            secret_get_cycling(&secrets, &get_ids),
+            &options(concurrency, GET_OPS),
+            GET_ROUNDS,
+        )
+        .await?;
+        bench::harness::paired_rows(
+            &mut report,
+            &format!("floor c{concurrency}"),
+            "forwarder",
+            floor,
+        )?;
     }
 
     let value = Arc::new(value);

@@ -30,10 +30,10 @@ use aws_sdk_s3::{Client, primitives::ByteStream};
 use bench::{
     Report, RunOptions,
     cli::make_value,
-    harness::{Pool, checked},
+    harness::{CyclingOp, Pool, checked},
 };
 use bytes::Bytes;
-use support::{Moto, PREFIX, backend_env, create_bucket, s3_client, start_backend};
+use support::{Moto, PREFIX, backend_env, create_bucket, s3_client, s3_client_at, start_backend};
 
 const BUCKET: &str = "bench";
 const VALUE_SIZE: usize = 1024;
@@ -76,6 +76,16 @@ async fn get_object(s3: &Client, key: &str) -> Result<(Bytes, String), String> {
     Ok((body.into_bytes(), etag))
 }
 
+/// GetObject of revision 1 of each of `ids` in turn, as the backend makes
+/// it for GetValue.
+fn get_object_cycling(s3: &Arc<Client>, ids: &Arc<[String]>) -> CyclingOp {
+    let s3 = Arc::clone(s3);
+    bench::harness::cycling(ids, move |id| {
+        let (s3, key) = (Arc::clone(&s3), format!("{PREFIX}/{id}/rev/1"));
+        async move { get_object(&s3, &key).await.map(drop) }
+    })
+}
+
 /// PutObject create-only (`etag` None) or with If-Match; returns the ETag.
 async fn put_object(
     s3: &Client,
@@ -109,6 +119,9 @@ fn head_body(latest: u64) -> Bytes {
 async fn bench_all() -> Result<Report, String> {
     let moto = Moto::start();
     let direct = Arc::new(s3_client(&moto).await);
+    let forwarder =
+        bench::forwarder::Forwarder::spawn(moto.endpoint().trim_start_matches("http://"))?;
+    let via_forwarder = Arc::new(s3_client_at(format!("http://{}", forwarder.addr())).await);
     create_bucket(&direct, BUCKET, false).await;
     // The backend's metrics split its latency: handler vs S3 calls.
     let metrics_port = testkit::free_port();
@@ -158,23 +171,14 @@ async fn bench_all() -> Result<Report, String> {
         // between runs by more than the hop costs.
         let name = format!("get c{concurrency}");
         let before = bench::harness::scrape(metrics_port)?;
-        let (s3, ids) = (Arc::clone(&direct), Arc::clone(&get_ids));
         let paired = bench::run_paired(
             bench::harness::get_cycling(&target, &get_ids, 1),
-            move |seq| {
-                let (s3, ids) = (Arc::clone(&s3), Arc::clone(&ids));
-                async move {
-                    let id = &ids[(seq % ids.len() as u64) as usize];
-                    get_object(&s3, &format!("{PREFIX}/{id}/rev/1"))
-                        .await
-                        .map(drop)
-                }
-            },
+            get_object_cycling(&direct, &get_ids),
             &options(concurrency, GET_OPS),
             GET_ROUNDS,
         )
         .await?;
-        bench::harness::paired_rows(&mut report, &name, paired)?;
+        bench::harness::paired_rows(&mut report, &name, "backend", paired)?;
         bench::harness::split(
             &mut report,
             &format!("{name} backend"),
@@ -183,6 +187,21 @@ async fn bench_all() -> Result<Report, String> {
             "GetValue",
             &["get_object"],
         );
+        // The floor: the same GetObject through a process that only copies
+        // bytes.
+        let floor = bench::run_paired(
+            get_object_cycling(&via_forwarder, &get_ids),
+            get_object_cycling(&direct, &get_ids),
+            &options(concurrency, GET_OPS),
+            GET_ROUNDS,
+        )
+        .await?;
+        bench::harness::paired_rows(
+            &mut report,
+            &format!("floor c{concurrency}"),
+            "forwarder",
+            floor,
+        )?;
     }
 
     for concurrency in CONCURRENCY {

@@ -25,7 +25,7 @@ use base64::Engine as _;
 use bench::{
     Report, RunOptions,
     cli::make_value,
-    harness::{Pool, checked},
+    harness::{CyclingOp, Pool, checked},
 };
 use serde_json::{Map, Value as Json, json};
 use support::{Bao, ROOT_TOKEN};
@@ -102,6 +102,21 @@ async fn set_cas(
         .map_err(|e| format!("set {path}: {e}"))
 }
 
+/// A kv2 read of revision 1 of each of `ids` in turn, as the backend makes
+/// it for GetValue.
+fn kv2_read_cycling(client: &Arc<VaultClient>, ids: &Arc<[String]>) -> CyclingOp {
+    let client = Arc::clone(client);
+    bench::harness::cycling(ids, move |id| {
+        let (client, path) = (Arc::clone(&client), format!("{PREFIX}/{id}/rev/1"));
+        async move {
+            vaultrs::kv2::read::<Map<String, Json>>(client.as_ref(), MOUNT, &path)
+                .await
+                .map(drop)
+                .map_err(|e| format!("read {path}: {e}"))
+        }
+    })
+}
+
 async fn bench_all() -> Result<Report, String> {
     // reqwest is built without a crypto provider (see vault::build).
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -122,6 +137,11 @@ async fn bench_all() -> Result<Report, String> {
         conformance::Target::connect(&conformance::Connect::plain(&backend.url), None).await?,
     );
     let direct = Arc::new(vault_client(&addr)?);
+    let forwarder = bench::forwarder::Forwarder::spawn(
+        addr.trim_start_matches("http://")
+            .trim_start_matches("https://"),
+    )?;
+    let via_forwarder = Arc::new(vault_client(&format!("http://{}", forwarder.addr()))?);
     let value = make_value(VALUE_SIZE);
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let run_id = &run_id[..8];
@@ -180,25 +200,14 @@ async fn bench_all() -> Result<Report, String> {
         // the same drift.
         let name = format!("get c{concurrency}");
         let before = bench::harness::scrape(metrics_port)?;
-        let (client, ids) = (Arc::clone(&direct), Arc::clone(&get_ids));
         let paired = bench::run_paired(
             bench::harness::get_cycling(&target, &get_ids, 1),
-            move |seq| {
-                let (client, ids) = (Arc::clone(&client), Arc::clone(&ids));
-                async move {
-                    let id = &ids[(seq % ids.len() as u64) as usize];
-                    let path = format!("{PREFIX}/{id}/rev/1");
-                    vaultrs::kv2::read::<Map<String, Json>>(client.as_ref(), MOUNT, &path)
-                        .await
-                        .map(drop)
-                        .map_err(|e| format!("read {path}: {e}"))
-                }
-            },
+            kv2_read_cycling(&direct, &get_ids),
             &options(concurrency, GET_OPS),
             GET_ROUNDS,
         )
         .await?;
-        bench::harness::paired_rows(&mut report, &name, paired)?;
+        bench::harness::paired_rows(&mut report, &name, "backend", paired)?;
         bench::harness::split(
             &mut report,
             &format!("{name} backend"),
@@ -207,6 +216,20 @@ async fn bench_all() -> Result<Report, String> {
             "GetValue",
             &["kv2_read"],
         );
+        // The floor: the same read through a process that only copies bytes.
+        let floor = bench::run_paired(
+            kv2_read_cycling(&via_forwarder, &get_ids),
+            kv2_read_cycling(&direct, &get_ids),
+            &options(concurrency, GET_OPS),
+            GET_ROUNDS,
+        )
+        .await?;
+        bench::harness::paired_rows(
+            &mut report,
+            &format!("floor c{concurrency}"),
+            "forwarder",
+            floor,
+        )?;
     }
 
     // OnUpdate: every worker writes its own TypeInstance / secret.

@@ -15,6 +15,9 @@ pub fn bench_main<F>(name: &str, bench: impl FnOnce() -> F) -> ExitCode
 where
     F: Future<Output = Result<Report, String>>,
 {
+    if let Some(code) = crate::forwarder::serve_if_asked() {
+        return code;
+    }
     if !std::env::args().any(|a| a == "--bench") {
         println!("{name}: run it with `cargo bench`");
         return ExitCode::SUCCESS;
@@ -138,11 +141,17 @@ pub fn split(
     );
 }
 
-/// Adds the two rows of a paired run (`{row} backend`, `{row} direct`),
+/// Adds the two rows of a paired run (`{row} {through}`, `{row} direct`),
 /// their comparison, and the median of the per-round p50 ratios with its
-/// spread. Fails when any call failed.
-pub fn paired_rows(report: &mut Report, row: &str, paired: crate::Paired) -> Result<(), String> {
-    let (backend, direct) = (format!("{row} backend"), format!("{row} direct"));
+/// spread. `through` names the paired run's first side: "backend", or
+/// "forwarder" for [`crate::forwarder`]. Fails when any call failed.
+pub fn paired_rows(
+    report: &mut Report,
+    row: &str,
+    through: &str,
+    paired: crate::Paired,
+) -> Result<(), String> {
+    let (backend, direct) = (format!("{row} {through}"), format!("{row} direct"));
     let median = paired.median_round_ratio();
     let (min, max) = paired
         .round_ratios
@@ -165,30 +174,45 @@ pub fn paired_rows(report: &mut Report, row: &str, paired: crate::Paired) -> Res
     Ok(())
 }
 
-/// An operation for [`crate::run`] / [`crate::run_paired`]: GetValue of
-/// `revision` through `target`, call `seq` on `ids[seq % ids.len()]`, so
-/// that every worker cycles over the same TypeInstances.
+/// The boxed operation [`crate::run`] / [`crate::run_paired`] take from
+/// [`cycling`].
+pub type CyclingOp = Box<
+    dyn Fn(u64) -> std::pin::Pin<Box<dyn Future<Output = crate::OpResult> + Send>> + Send + Sync,
+>;
+
+/// An operation for [`crate::run`] / [`crate::run_paired`]: call `seq`
+/// runs `op` on `ids[seq % ids.len()]`, so that every worker cycles over
+/// the same TypeInstances.
+pub fn cycling<F, Fut>(ids: &Arc<[String]>, op: F) -> CyclingOp
+where
+    F: Fn(&str) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = crate::OpResult> + Send + 'static,
+{
+    let ids = Arc::clone(ids);
+    Box::new(move |seq| {
+        let index = usize::try_from(seq % ids.len().max(1) as u64).unwrap_or(0);
+        match ids.get(index) {
+            Some(id) => Box::pin(op(id)),
+            None => Box::pin(async { Err("no TypeInstance to read".to_owned()) }),
+        }
+    })
+}
+
+/// GetValue of `revision` through `target`, cycling over `ids`.
 pub fn get_cycling(
     target: &Arc<conformance::Target>,
     ids: &Arc<[String]>,
     revision: u32,
-) -> impl Fn(u64) -> std::pin::Pin<Box<dyn Future<Output = crate::OpResult> + Send>>
-+ Send
-+ Sync
-+ 'static {
-    let (target, ids) = (Arc::clone(target), Arc::clone(ids));
-    move |seq| {
-        let target = Arc::clone(&target);
-        let id = ids
-            .get(usize::try_from(seq % ids.len().max(1) as u64).unwrap_or(0))
-            .cloned();
-        Box::pin(async move {
-            let id = id.ok_or_else(|| "no TypeInstance to read".to_owned())?;
+) -> CyclingOp {
+    let target = Arc::clone(target);
+    cycling(ids, move |id| {
+        let (target, id) = (Arc::clone(&target), id.to_owned());
+        async move {
             target
                 .get(&id, revision)
                 .await
                 .map(drop)
                 .map_err(|s| s.to_string())
-        })
-    }
+        }
+    })
 }

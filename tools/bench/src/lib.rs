@@ -7,6 +7,7 @@
 //! against a real backend over gRPC.
 
 pub mod cli;
+pub mod forwarder;
 pub mod harness;
 pub mod report;
 pub mod stats;

@@ -15,9 +15,15 @@ pub const PREFIX: &str = "capact";
 
 /// A direct aws-sdk-s3 client to `moto` (path style, test credentials).
 pub async fn s3_client(moto: &Moto) -> Client {
+    s3_client_at(moto.endpoint()).await
+}
+
+/// [`s3_client`] for moto's endpoint reached some other way (the bench's
+/// forwarder).
+pub async fn s3_client_at(endpoint: String) -> Client {
     let args = shared_aws::AwsArgs {
         region: Some(testkit::moto::REGION.into()),
-        endpoint_url: Some(moto.endpoint()),
+        endpoint_url: Some(endpoint),
         role_arn: None,
         role_external_id: None,
         role_session_name: "test".into(),
