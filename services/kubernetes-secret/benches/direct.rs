@@ -162,19 +162,14 @@ async fn bench_all() -> Result<Report, String> {
         bench::harness::paired_rows(&mut report, &name, "backend", paired)?;
         // The floor: the same GET through a process that only copies bytes
         // (TLS passes through it untouched).
-        let floor = bench::run_paired(
+        bench::harness::floor_rows(
+            &mut report,
             secret_get_cycling(&via_forwarder, &get_ids),
             secret_get_cycling(&secrets, &get_ids),
             &options(concurrency, GET_OPS),
             GET_ROUNDS,
         )
         .await?;
-        bench::harness::paired_rows(
-            &mut report,
-            &format!("floor c{concurrency}"),
-            "forwarder",
-            floor,
-        )?;
     }
 
     let value = Arc::new(value);

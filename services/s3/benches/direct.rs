@@ -189,19 +189,14 @@ async fn bench_all() -> Result<Report, String> {
         );
         // The floor: the same GetObject through a process that only copies
         // bytes.
-        let floor = bench::run_paired(
+        bench::harness::floor_rows(
+            &mut report,
             get_object_cycling(&via_forwarder, &get_ids),
             get_object_cycling(&direct, &get_ids),
             &options(concurrency, GET_OPS),
             GET_ROUNDS,
         )
         .await?;
-        bench::harness::paired_rows(
-            &mut report,
-            &format!("floor c{concurrency}"),
-            "forwarder",
-            floor,
-        )?;
     }
 
     for concurrency in CONCURRENCY {

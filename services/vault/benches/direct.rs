@@ -217,19 +217,14 @@ async fn bench_all() -> Result<Report, String> {
             &["kv2_read"],
         );
         // The floor: the same read through a process that only copies bytes.
-        let floor = bench::run_paired(
+        bench::harness::floor_rows(
+            &mut report,
             kv2_read_cycling(&via_forwarder, &get_ids),
             kv2_read_cycling(&direct, &get_ids),
             &options(concurrency, GET_OPS),
             GET_ROUNDS,
         )
         .await?;
-        bench::harness::paired_rows(
-            &mut report,
-            &format!("floor c{concurrency}"),
-            "forwarder",
-            floor,
-        )?;
     }
 
     // OnUpdate: every worker writes its own TypeInstance / secret.

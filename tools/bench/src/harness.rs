@@ -174,6 +174,21 @@ pub fn paired_rows(
     Ok(())
 }
 
+/// The floor rows (`floor cN forwarder`, `floor cN direct`): the same store
+/// call through [`crate::forwarder`] and straight to the store, in
+/// alternating rounds like the backend rows.
+pub async fn floor_rows(
+    report: &mut Report,
+    via_forwarder: CyclingOp,
+    direct: CyclingOp,
+    options: &crate::RunOptions,
+    rounds: u64,
+) -> Result<(), String> {
+    let floor = crate::run_paired(via_forwarder, direct, options, rounds).await?;
+    let row = format!("floor c{}", options.concurrency);
+    paired_rows(report, &row, "forwarder", floor)
+}
+
 /// The boxed operation [`crate::run`] / [`crate::run_paired`] take from
 /// [`cycling`].
 pub type CyclingOp = Box<
