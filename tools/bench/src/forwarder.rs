@@ -51,10 +51,6 @@ impl Forwarder {
         Ok(forwarder)
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// `127.0.0.1:<port>`.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
