@@ -12,16 +12,21 @@
 use std::{fmt, path::PathBuf, time::Duration};
 
 use bytes::Bytes;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tonic::{
     Status,
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
-use crate::proto::{
-    info::{DescribeRequest, DescribeResponse, backend_info_client::BackendInfoClient},
-    storage_backend::{
-        self as pb, context_storage_backend_client::ContextStorageBackendClient,
-        value_and_context_storage_backend_client::ValueAndContextStorageBackendClient,
+use crate::{
+    coalesce::Coalescing,
+    proto::{
+        info::{DescribeRequest, DescribeResponse, backend_info_client::BackendInfoClient},
+        storage_backend::{
+            self as pb, context_storage_backend_client::ContextStorageBackendClient,
+            value_and_context_storage_backend_client::ValueAndContextStorageBackendClient,
+        },
     },
 };
 
@@ -181,9 +186,52 @@ impl Connect {
         let endpoint = self.endpoint(timeouts)?;
         let url = endpoint.uri().to_string();
         endpoint
-            .connect()
+            .connect_with_connector(CoalescingConnector)
             .await
             .map_err(|e| ConnectError::Failed(format!("cannot connect to {url}: {}", chain(&e))))
+    }
+}
+
+/// Dials TCP without Nagle and wraps the stream in [`Coalescing`], so that
+/// a request's HEADERS and DATA leave in one write, as grpc-go's client (the
+/// Hub's) sends them: tonic's client otherwise writes them apart and wakes
+/// the backend twice per call. TLS, when set, is layered on top by tonic.
+#[derive(Clone, Copy, Debug)]
+struct CoalescingConnector;
+
+impl tonic::codegen::Service<tonic::codegen::http::Uri> for CoalescingConnector {
+    type Response = TokioIo<Coalescing<TcpStream>>;
+    type Error = std::io::Error;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: tonic::codegen::http::Uri) -> Self::Future {
+        Box::pin(async move {
+            let invalid =
+                || std::io::Error::new(std::io::ErrorKind::InvalidInput, "the url has no host");
+            let host = uri.host().ok_or_else(invalid)?;
+            // `[::1]` in a URL, `::1` to the resolver.
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let default_port = if uri.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            };
+            let port = uri.port_u16().unwrap_or(default_port);
+            let stream = TcpStream::connect((host.as_str(), port)).await?;
+            stream.set_nodelay(true)?;
+            Ok(TokioIo::new(Coalescing::new(stream)))
+        })
     }
 }
 

@@ -7,6 +7,9 @@
 //! between, so every GetValue went out as two TCP writes and woke the Hub's
 //! client twice. Yielding once before the flush lets the trailers join the
 //! batch, as grpc-go's writer does with its Gosched before a small flush.
+//!
+//! `shared::client` wraps its outgoing connections too: tonic's client
+//! likewise writes a request's HEADERS and its DATA apart.
 
 use std::{
     future::Future,

@@ -108,9 +108,10 @@ pub struct ServerConfig {
 
     /// Threads that run requests: 0 = one per CPU the process may use (its
     /// cgroup CPU quota included); 1 = a single thread, the lowest latency
-    /// when, as usual, the backend waits on its store rather than computing.
-    #[arg(long, env = "APP_WORKER_THREADS", default_value_t = 0)]
-    pub worker_threads: usize,
+    /// when the backend waits on its store rather than computing. Unset: the
+    /// backend's own default (`BackendConfig::DEFAULT_WORKER_THREADS`).
+    #[arg(long, env = "APP_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
 }
 
 impl ServerConfig {

@@ -33,6 +33,11 @@ pub trait BackendConfig: Parser + Send + 'static {
     /// Log targets of the store SDK to silence unless asked for by
     /// `APP_LOG_LEVEL` (see [`crate::telemetry::init`]).
     const QUIET_LOG_TARGETS: &'static [&'static str] = &[];
+
+    /// `APP_WORKER_THREADS` when it is not set: 0 (one worker per CPU) for
+    /// backends that compute per request; 1 for those that only wait on
+    /// their store, where cross-thread wake-ups cost more than they save.
+    const DEFAULT_WORKER_THREADS: usize = 0;
 }
 
 /// `main` of a value backend: parse config, build the backend, serve until a
@@ -86,7 +91,7 @@ where
         eprintln!("configuration error: {e}");
         return ExitCode::from(2);
     }
-    let runtime = match runtime(server.worker_threads) {
+    let runtime = match runtime(server.worker_threads.unwrap_or(C::DEFAULT_WORKER_THREADS)) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");

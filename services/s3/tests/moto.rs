@@ -167,15 +167,16 @@ async fn revisions_are_stored_one_object_each_with_the_exact_bytes_and_tags() {
     }
 }
 
-/// For S3-compatible stores without tagging; also the single-threaded
-/// runtime (APP_WORKER_THREADS=1) under the whole suite.
+/// For S3-compatible stores without tagging; also the multi-thread runtime
+/// (APP_WORKER_THREADS=0; the backend's default is one thread) under the
+/// whole suite.
 #[tokio::test(flavor = "multi_thread")]
-async fn objects_carry_no_tags_when_tagging_is_off_and_one_thread_passes_the_suite() {
+async fn objects_carry_no_tags_when_tagging_is_off_and_the_multi_thread_runtime_passes_the_suite() {
     let (moto, s3) = moto_with_bucket("untagged", false).await;
     let backend = start_backend(&backend_env(
         &moto,
         "untagged",
-        &[("APP_S3_TAG_OBJECTS", "false"), ("APP_WORKER_THREADS", "1")],
+        &[("APP_S3_TAG_OBJECTS", "false"), ("APP_WORKER_THREADS", "0")],
     ))
     .serving()
     .await;

@@ -73,6 +73,31 @@ async fn shutdown_stops_the_server_within_the_grace_period() {
     assert!(Connect::plain(server.url.clone()).channel().await.is_err());
 }
 
+/// The client dials through its own connector (shared::client): names are
+/// resolved and IPv6 literals lose their brackets before dialling.
+#[tokio::test]
+async fn clients_dial_host_names_and_ipv6_literals() {
+    let server = start(Memory::new(None)).await;
+    let port = server.url.rsplit(':').next().expect("port");
+    let by_name = Target::connect(&Connect::plain(format!("localhost:{port}")), None)
+        .await
+        .expect("connect by host name");
+    by_name.create("by-name", b"v1").await.expect("create");
+    assert_eq!(by_name.get("by-name", 1).await.expect("get"), &b"v1"[..]);
+
+    // Only where the machine has an IPv6 loopback.
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        return;
+    }
+    let v6 = support::start_on(Arc::new(Memory::new(None)), &[], "[::1]:0").await;
+    assert!(v6.url.starts_with("http://[::1]:"), "{}", v6.url);
+    let target = Target::connect(&Connect::plain(v6.url.clone()), None)
+        .await
+        .expect("connect to an IPv6 literal");
+    target.create("by-v6", b"v1").await.expect("create");
+    assert_eq!(target.get("by-v6", 1).await.expect("get"), &b"v1"[..]);
+}
+
 #[tokio::test]
 async fn reflection_lists_every_service() {
     use tonic_reflection::pb::v1::{

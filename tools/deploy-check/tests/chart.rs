@@ -103,6 +103,28 @@ fn tls_mtls_persistence_and_service_monitor_options_render() {
 }
 
 #[test]
+fn worker_threads_are_the_backend_default_unless_set() {
+    let env_value = |objects: &[Json]| {
+        container(objects)["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .find(|e| e["name"] == "APP_WORKER_THREADS")
+            .map(|e| e["value"].clone())
+    };
+    let default = render("capact-storage-s3", "capact-system", &[("backend", "s3")]);
+    assert_eq!(env_value(&default), None, "left to the binary's default");
+    for n in ["0", "1", "4"] {
+        let set = render(
+            "capact-storage-s3",
+            "capact-system",
+            &[("backend", "s3"), ("server.workerThreads", n)],
+        );
+        assert_eq!(env_value(&set), Some(Json::from(n)), "workerThreads={n}");
+    }
+}
+
+#[test]
 fn an_unknown_backend_is_refused_at_render_time() {
     let out = std::process::Command::new(testkit::tool_bin("helm", "HELM_BIN"))
         .args(["template", "x"])

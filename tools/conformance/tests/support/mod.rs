@@ -453,10 +453,13 @@ pub async fn start_with(backend: Memory, extra: &[&str]) -> Running {
 /// Starts a backend the test keeps a handle to (to flip its health, say);
 /// the service kind follows `accept_value`.
 pub async fn start_shared(backend: Arc<Memory>, extra: &[&str]) -> Running {
+    start_on(backend, extra, "127.0.0.1:0").await
+}
+
+/// [`start_shared`] listening on `addr` (`[::1]:0` for IPv6).
+pub async fn start_on(backend: Arc<Memory>, extra: &[&str], addr: &str) -> Running {
     let cfg = server_config(extra);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let (tx, rx) = tokio::sync::oneshot::channel();
     let done = tokio::spawn(async move {
