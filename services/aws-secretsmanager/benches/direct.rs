@@ -8,11 +8,13 @@
 //! - `get cN direct`: GetSecretValue of the same secret (`capact/<id>/1`);
 //! - `update cN backend`: OnUpdate to the next revision, each worker on its
 //!   own TypeInstance;
-//! - `update cN direct`: one CreateSecret of a new secret (the least a
-//!   create-only revision write costs);
-//! - `update cN direct-4`: the four calls the backend makes for one
-//!   OnUpdate (read the head, put the next head version, move AWSCURRENT,
-//!   create the revision secret), to separate the gRPC hop from the layout's cost.
+//! - `update cN direct`: the four calls the backend makes for one OnUpdate
+//!   (read the head, put the next head version, move AWSCURRENT, create the
+//!   revision secret with the backend's tags), made directly, in
+//!   alternating rounds with the backend row;
+//! - `update cN create-only`: one CreateSecret of a new secret, the least a
+//!   create-only revision write costs, for scale (alone it could not check
+//!   a lock or claim the revision).
 //!
 //! Timings are printed, never asserted. Without `--bench` (e.g. `cargo test
 //! --benches`) it does nothing.
@@ -22,7 +24,7 @@ mod support;
 
 use std::{process::ExitCode, sync::Arc};
 
-use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::{Client, types::Tag};
 use bench::{
     Report, RunOptions,
     cli::make_value,
@@ -38,6 +40,8 @@ const GET_OPS: u64 = 1000;
 /// Alternating backend/direct rounds the get rows are split into.
 const GET_ROUNDS: u64 = 20;
 const UPDATE_OPS: u64 = 300;
+/// Alternating backend/direct rounds the update rows are split into.
+const UPDATE_ROUNDS: u64 = 10;
 const WARMUP_OPS: u64 = 30;
 const CONCURRENCY: [usize; 2] = [1, 16];
 /// TypeInstances read by the get rows (workers pick one by call number).
@@ -131,8 +135,8 @@ async fn bench_all() -> Result<Report, String> {
     }
 
     for concurrency in CONCURRENCY {
-        // Direct: one CreateSecret of a fresh secret per call.
-        let name = format!("update c{concurrency} direct");
+        // One CreateSecret of a fresh secret per call.
+        let name = format!("update c{concurrency} create-only");
         let (client, text2, run) = (Arc::clone(&direct), Arc::clone(&text), run_id.clone());
         let stats = bench::run(
             move |seq| {
@@ -170,22 +174,15 @@ async fn bench_all() -> Result<Report, String> {
         }
         let pool = Pool::new(slots);
         let (client, text2) = (Arc::clone(&direct), Arc::clone(&text));
-        let name = format!("update c{concurrency} direct-4");
-        let stats = bench::run(
-            move |_| {
-                let (client, pool, text) =
-                    (Arc::clone(&client), Arc::clone(&pool), Arc::clone(&text2));
-                async move {
-                    let (base, latest) = pool.take()?;
-                    let result = four_calls(&client, &base, latest + 1, &text).await;
-                    pool.give((base, if result.is_ok() { latest + 1 } else { latest }));
-                    result
-                }
-            },
-            &options(concurrency, UPDATE_OPS),
-        )
-        .await?;
-        report.row(&name, checked(&name, stats)?);
+        let direct_op = move |_| {
+            let (client, pool, text) = (Arc::clone(&client), Arc::clone(&pool), Arc::clone(&text2));
+            async move {
+                let (base, latest) = pool.take()?;
+                let result = four_calls(&client, &base, latest + 1, &text).await;
+                pool.give((base, if result.is_ok() { latest + 1 } else { latest }));
+                result
+            }
+        };
 
         // Through the backend.
         let mut slots = Vec::new();
@@ -199,24 +196,26 @@ async fn bench_all() -> Result<Report, String> {
         }
         let pool = Pool::new(slots);
         let (t, value2) = (Arc::clone(&target), value.clone());
-        let name = format!("update c{concurrency} backend");
-        let stats = bench::run(
-            move |_| {
-                let (t, pool, value) = (Arc::clone(&t), Arc::clone(&pool), value2.clone());
-                async move {
-                    let (id, rev) = pool.take()?;
-                    let result = t.update(&id, rev, &value, None).await;
-                    pool.give((id, rev + 1));
-                    result.map_err(|s| s.to_string())
-                }
-            },
+        let backend_op = move |_| {
+            let (t, pool, value) = (Arc::clone(&t), Arc::clone(&pool), value2.clone());
+            async move {
+                let (id, rev) = pool.take()?;
+                let result = t.update(&id, rev, &value, None).await;
+                // A failed update left the revision unused: retry it next.
+                pool.give((id, if result.is_ok() { rev + 1 } else { rev }));
+                result.map_err(|s| s.to_string())
+            }
+        };
+        let name = format!("update c{concurrency}");
+        let paired = bench::run_paired(
+            backend_op,
+            direct_op,
             &options(concurrency, UPDATE_OPS),
+            UPDATE_ROUNDS,
         )
         .await?;
-        report.row(&name, checked(&name, stats)?);
-        let backend_row = format!("update c{concurrency} backend");
-        report.compare(&backend_row, &format!("update c{concurrency} direct"))?;
-        report.compare(&backend_row, &format!("update c{concurrency} direct-4"))?;
+        bench::harness::paired_rows(&mut report, &name, "backend", paired)?;
+        report.compare(&format!("{name} backend"), &format!("{name} create-only"))?;
     }
     drop(backend);
     drop(moto);
@@ -263,11 +262,16 @@ async fn four_calls(client: &Client, base: &str, next: u32, text: &str) -> Resul
         .send()
         .await
         .map_err(|e| err("move stage", e))?;
+    // The tags the backend puts on a revision secret.
+    let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
     client
         .create_secret()
         .name(format!("{base}/{next}"))
         .client_request_token(uuid::Uuid::new_v4().simple().to_string())
         .secret_string(text)
+        .tags(tag("managed-by", "capact-storage"))
+        .tags(tag("capact-type-instance-id", base))
+        .tags(tag("capact-role", "revision"))
         .send()
         .await
         .map(drop)
