@@ -91,10 +91,7 @@ fn parse_tag(raw: &str) -> std::result::Result<(String, String), String> {
 }
 
 impl BackendConfig for Config {
-    // One thread: a request is a signed HTTP call and a wait, and on the
-    // multi-thread runtime the hand-offs between the gRPC connection, the
-    // handler and the SDK's connection task cost more than the call's own
-    // work (BENCHMARKS.md, sixth session).
+    // Store-bound: one signed HTTP call per step (BENCHMARKS.md, sixth session).
     const DEFAULT_WORKER_THREADS: usize = 1;
 
     fn server(&self) -> &ServerConfig {
