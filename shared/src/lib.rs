@@ -9,6 +9,7 @@ pub mod backend;
 pub mod client;
 mod coalesce;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod grpc;
 pub mod metrics;

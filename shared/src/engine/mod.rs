@@ -1,0 +1,822 @@
+//! The revision engine: the whole protocol (spec §3) for stores that keep a
+//! *head* per TypeInstance (latest revision, lock, unfinished work) plus one
+//! *object* per revision. A backend implements [`HeadStore`] — a handful of
+//! primitives over its store's compare-and-set — and gets a
+//! [`ValueBackend`] by wrapping it in [`Engine`].
+//!
+//! How the rules hold (ARCHITECTURE.md, "The revision engine"):
+//! - Every state change is one compare-and-set of the head. The lock check
+//!   that allows a change is made on the head version that the change
+//!   replaces, so nothing takes effect under another owner's lock.
+//! - Work on objects is announced in the head first ([`Intent`]) and is
+//!   invisible to readers until the head says so: a revision becomes
+//!   readable when the commit raises `latest`, and is unreadable from the
+//!   moment its removal is recorded.
+//! - Each life of a TypeInstance has its own life, a name under which
+//!   its objects live: a delete's cleanup cannot touch a later create's data.
+//! - Revision objects are written create-only, or replaced only on the tag
+//!   read; they carry the head's epoch so a reader detects an object
+//!   written after the head it read.
+//! - Conflicts are retried a bounded number of times with jittered backoff;
+//!   another call's unfinished intent is respected until its lease expires.
+
+pub mod head;
+pub mod memory;
+pub mod rules;
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde_json::Value as Json;
+
+pub use head::{Head, Intent, MANAGED_BY};
+
+use crate::{
+    Backend, Context, Describe, Error, Owner, Result, Revision, TypeInstanceId, Value, ValueBackend,
+    config::ServerConfig,
+};
+
+/// Where one revision object lives.
+#[derive(Clone, Copy, Debug)]
+pub struct Slot<'a> {
+    pub id: &'a TypeInstanceId,
+    /// The life ([`Head::life`]); empty for the legacy layout.
+    pub life: &'a str,
+    pub rev: u32,
+}
+
+/// A revision object as read.
+pub struct Stored {
+    pub value: Bytes,
+    /// [`Head::epoch`] when it was written (0 for objects older than epochs).
+    pub epoch: u64,
+    /// The store's version of the object, for a conditional replace.
+    pub tag: String,
+}
+
+impl fmt::Debug for Stored {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stored")
+            .field("value", &format_args!("<{} bytes>", self.value.len()))
+            .field("epoch", &self.epoch)
+            .field("tag", &self.tag)
+            .finish()
+    }
+}
+
+/// The primitives a head-based store offers. Every method is one (or, for
+/// stores without the primitive, a few) store calls; none decides anything
+/// the protocol cares about.
+#[async_trait]
+pub trait HeadStore: Send + Sync + 'static {
+    /// Whether [`HeadStore::remove_head`] honours the tag (Kubernetes
+    /// preconditions). Without it the engine first marks the head
+    /// [`Intent::Deleted`], so a later create never loses its head to a late
+    /// removal.
+    const CONDITIONAL_HEAD_REMOVAL: bool = false;
+
+    fn describe(&self) -> Describe;
+
+    /// A real, cheap request to the store (health).
+    async fn probe(&self) -> Result<()>;
+
+    /// The head and its version tag; `None` if there is none. A record that
+    /// is not ours is an error (FAILED_PRECONDITION), never `None`.
+    async fn read_head(&self, id: &TypeInstanceId) -> Result<Option<(Head, String)>>;
+
+    /// Creates the head if none exists: the new tag, or `None` if one exists.
+    async fn create_head(&self, id: &TypeInstanceId, head: &Head) -> Result<Option<String>>;
+
+    /// Replaces the head if its version is still `tag`: the new tag, or
+    /// `None` on a conflict (changed or removed).
+    async fn replace_head(&self, id: &TypeInstanceId, head: &Head, tag: &str)
+    -> Result<Option<String>>;
+
+    /// Removes the head; only at `tag` if [`Self::CONDITIONAL_HEAD_REMOVAL`].
+    /// Gone already is success.
+    async fn remove_head(&self, id: &TypeInstanceId, tag: &str) -> Result<()>;
+
+    async fn read_revision(&self, at: Slot<'_>) -> Result<Option<Stored>>;
+
+    /// Writes a revision object create-only (`replace: None`) or over the
+    /// object whose tag is `replace`: `false` on a conflict.
+    async fn write_revision(
+        &self,
+        at: Slot<'_>,
+        value: &Value,
+        epoch: u64,
+        replace: Option<&str>,
+    ) -> Result<bool>;
+
+    /// Removes a revision object; gone already is success.
+    async fn remove_revision(&self, at: Slot<'_>) -> Result<()>;
+
+    /// The revision numbers with an object in life `life` (delete paths
+    /// only). `upto` is the highest that can exist, for stores that probe
+    /// instead of listing.
+    async fn list_revisions(&self, id: &TypeInstanceId, life: &str, upto: u32) -> Result<Vec<u32>>;
+
+    /// The highest revision below `rev` with an object.
+    async fn highest_below(&self, id: &TypeInstanceId, life: &str, rev: u32) -> Result<Option<u32>> {
+        let revs = self.list_revisions(id, life, rev.saturating_sub(1)).await?;
+        Ok(revs.into_iter().filter(|r| *r < rev).max())
+    }
+
+    /// Called after the latest readable revision changed (`None`: the
+    /// TypeInstance is gone), for stores that project it somewhere
+    /// (kubernetes-secret's application Secret). A failure fails the call;
+    /// its retry projects again.
+    async fn project(&self, _id: &TypeInstanceId, _latest: Option<(u32, &[u8])>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The engine's settings, shared by every head-based backend's flags.
+#[derive(clap::Args, Clone, Debug)]
+pub struct EngineArgs {
+    /// How long another call's unfinished change, recorded in the head, is
+    /// respected before any call may take it over. Must exceed the longest
+    /// a request can run (APP_REQUEST_TIMEOUT): a call still running would
+    /// otherwise race its successor.
+    #[arg(long, env = "APP_INTENT_LEASE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub intent_lease: Duration,
+
+    /// Attempts of one call against concurrent changes before ABORTED.
+    #[arg(long, env = "APP_CAS_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub cas_attempts: u32,
+}
+
+/// Milliseconds since the Unix epoch; replaceable for tests.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Self {
+        Clock(Arc::new(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0)
+        }))
+    }
+
+    /// Milliseconds of tokio's clock since the call: follows paused time.
+    pub fn tokio() -> Self {
+        let start = tokio::time::Instant::now();
+        Clock(Arc::new(move || start.elapsed().as_millis() as u64 + 1))
+    }
+
+    pub fn now(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+#[derive(Clone)]
+pub struct Options {
+    pub lease: Duration,
+    pub attempts: u32,
+    /// First backoff ceiling; doubles per attempt up to `backoff_cap`.
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    pub clock: Clock,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            lease: Duration::from_secs(60),
+            attempts: 8,
+            backoff_base: Duration::from_millis(4),
+            backoff_cap: Duration::from_millis(250),
+            clock: Clock::system(),
+        }
+    }
+}
+
+impl Options {
+    /// From the flags; the lease must outlast a request.
+    pub fn from_args(args: &EngineArgs, server: &ServerConfig) -> Result<Self> {
+        if args.intent_lease <= server.request_timeout {
+            return Err(Error::invalid_argument(format!(
+                "APP_INTENT_LEASE ({}) must be longer than APP_REQUEST_TIMEOUT ({})",
+                humantime::format_duration(args.intent_lease),
+                humantime::format_duration(server.request_timeout)
+            )));
+        }
+        Ok(Options {
+            lease: args.intent_lease,
+            attempts: args.cas_attempts,
+            ..Options::default()
+        })
+    }
+}
+
+/// A [`ValueBackend`] over a [`HeadStore`].
+pub struct Engine<S> {
+    store: S,
+    opts: Options,
+}
+
+/// 64 random bits in hex: lifes and write nonces.
+fn token() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+/// Whether `h` is a claim of `rev` by `nonce`.
+fn claimed_by(h: &Head, rev: u32, nonce: &str) -> bool {
+    matches!(&h.intent, Some(Intent::Write { rev: r, nonce: n, .. }) if *r == rev && n == nonce)
+}
+
+fn deleting_revision(h: &Head, rev: u32) -> bool {
+    matches!(&h.intent, Some(Intent::DeleteRevision { rev: r, .. }) if *r == rev)
+}
+
+/// How a write that holds a claim ended.
+enum Commit {
+    Done,
+    Failed(Error),
+}
+
+impl<S: HeadStore> Engine<S> {
+    pub fn new(store: S, opts: Options) -> Self {
+        Engine { store, opts }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    fn now(&self) -> u64 {
+        self.opts.clock.now()
+    }
+
+    fn stale(&self, intent: &Intent) -> bool {
+        self.now().saturating_sub(intent.since()) >= self.opts.lease.as_millis() as u64
+    }
+
+    /// Jittered exponential backoff before attempt `attempt` (≥ 1).
+    async fn pause(&self, attempt: u32) {
+        let ceiling = self
+            .opts
+            .backoff_base
+            .saturating_mul(1 << attempt.min(16))
+            .min(self.opts.backoff_cap);
+        let micros = fastrand::u64(0..=ceiling.as_micros() as u64);
+        tokio::time::sleep(Duration::from_micros(micros)).await;
+    }
+
+    fn attempts(&self) -> impl Iterator<Item = u32> + use<S> {
+        0..self.opts.attempts
+    }
+
+    async fn backoff(&self, attempt: u32) {
+        if attempt > 0 {
+            self.pause(attempt).await;
+        }
+    }
+
+    /// The live head, or NOT_FOUND (`rev` picks the wording).
+    async fn live(&self, id: &TypeInstanceId, rev: Option<u32>) -> Result<(Head, String)> {
+        let gone = || match rev {
+            Some(r) => rules::revision_not_found(id, r),
+            None => rules::not_found(id),
+        };
+        match self.store.read_head(id).await? {
+            Some((h, tag)) if h.is_live() => Ok((h, tag)),
+            _ => Err(gone()),
+        }
+    }
+
+    /// Removes every object of life `life`: safe at any time once the
+    /// head no longer names `life` as live, and resumable (it lists what is
+    /// left).
+    async fn purge(&self, id: &TypeInstanceId, life: &str, upto: u32) -> Result<()> {
+        for rev in self.store.list_revisions(id, life, upto).await? {
+            self.store.remove_revision(Slot { id, life, rev }).await?;
+        }
+        Ok(())
+    }
+
+    /// Finishes a delete recorded in `head` (at `tag`): objects, then head.
+    async fn finish_delete(&self, id: &TypeInstanceId, head: Head, tag: String) -> Result<()> {
+        self.purge(id, &head.life, head.latest.max(1)).await?;
+        if S::CONDITIONAL_HEAD_REMOVAL {
+            self.store.remove_head(id, &tag).await?;
+        } else {
+            let done = Head {
+                intent: Some(Intent::Deleted { since: self.now() }),
+                ..head
+            };
+            // Only the caller that recorded `Deleted` removes the head, right
+            // away; a create takes over a `Deleted` head only once its lease
+            // has expired.
+            if let Some(tag) = self.store.replace_head(id, &done, &tag).await? {
+                self.store.remove_head(id, &tag).await?;
+            }
+        }
+        self.store.project(id, None).await
+    }
+
+    /// Finishes the removal of revision `rev` recorded in `head` (at `tag`).
+    async fn finish_delete_revision(
+        &self,
+        id: &TypeInstanceId,
+        mut head: Head,
+        mut tag: String,
+        rev: u32,
+    ) -> Result<()> {
+        self.store
+            .remove_revision(Slot {
+                id,
+                life: &head.life,
+                rev,
+            })
+            .await?;
+        for attempt in self.attempts() {
+            self.backoff(attempt).await;
+            let next = Head {
+                intent: None,
+                ..head.clone()
+            };
+            if self.store.replace_head(id, &next, &tag).await?.is_some() {
+                return self.project_latest(id, &next).await;
+            }
+            match self.store.read_head(id).await? {
+                Some((h, t)) if h.life == head.life && deleting_revision(&h, rev) => {
+                    head = h;
+                    tag = t;
+                }
+                // Finished by someone else, or the TypeInstance is gone.
+                _ => return Ok(()),
+            }
+        }
+        Err(rules::contended(id))
+    }
+
+    /// Projects the latest revision of a live head (stores without a
+    /// projection return at once).
+    async fn project_latest(&self, id: &TypeInstanceId, head: &Head) -> Result<()> {
+        let stored = self
+            .store
+            .read_revision(Slot {
+                id,
+                life: &head.life,
+                rev: head.latest,
+            })
+            .await?;
+        match stored {
+            Some(s) => self.store.project(id, Some((head.latest, &s.value))).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Completes another call's intent whose lease has expired, so that
+    /// this call can go on. Returns whether anything was done.
+    async fn take_over(&self, id: &TypeInstanceId, head: &Head, tag: &str) -> Result<bool> {
+        match &head.intent {
+            Some(i @ Intent::DeleteRevision { rev, .. }) if self.stale(i) => {
+                self.finish_delete_revision(id, head.clone(), tag.to_owned(), *rev)
+                    .await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Writes revision `rev` under the claim `nonce` recorded in `head`
+    /// (at `tag`), then commits it: the commit is the change's one atomic
+    /// step, made only while the claim is ours and the lock allows it.
+    async fn write_and_commit(
+        &self,
+        id: &TypeInstanceId,
+        mut head: Head,
+        mut tag: String,
+        rev: u32,
+        nonce: &str,
+        value: &Value,
+        owner: Option<&Owner>,
+    ) -> Result<Commit> {
+        let life = head.life.clone();
+        let slot = Slot { id, life: &life, rev };
+        let mut written = false;
+        for attempt in self.attempts() {
+            self.backoff(attempt).await;
+            let done = match self.store.read_revision(slot).await? {
+                Some(s) if s.value == value.as_bytes() => true,
+                // Left by an earlier claim of this revision that never
+                // committed: replace it on its tag, never blindly.
+                Some(s) => {
+                    self.store
+                        .write_revision(slot, value, head.epoch, Some(&s.tag))
+                        .await?
+                }
+                None => self.store.write_revision(slot, value, head.epoch, None).await?,
+            };
+            if done {
+                written = true;
+                break;
+            }
+        }
+        if !written {
+            return Ok(Commit::Failed(rules::contended(id)));
+        }
+        for attempt in self.attempts() {
+            self.backoff(attempt).await;
+            let next = Head {
+                latest: rev,
+                intent: None,
+                ..head.clone()
+            };
+            if self.store.replace_head(id, &next, &tag).await?.is_some() {
+                self.store.project(id, Some((rev, value.as_bytes()))).await?;
+                return Ok(Commit::Done);
+            }
+            let Some((h, t)) = self.store.read_head(id).await? else {
+                return Ok(Commit::Failed(rules::not_found(id)));
+            };
+            if h.intent.as_ref().is_some_and(Intent::is_delete) {
+                return Ok(Commit::Failed(rules::not_found(id)));
+            }
+            if !claimed_by(&h, rev, nonce) {
+                // Our claim outlived its lease and was taken over.
+                return Ok(Commit::Failed(rules::busy(id)));
+            }
+            if let Err(e) = rules::check_lock(id, h.lock.as_deref(), owner) {
+                // Locked by another owner since the claim: withdraw it; the
+                // object stays invisible and a later claim replaces it.
+                self.withdraw(id, h, t, rev, nonce).await?;
+                return Ok(Commit::Failed(e));
+            }
+            head = h;
+            tag = t;
+        }
+        Ok(Commit::Failed(rules::contended(id)))
+    }
+
+    /// Clears our own claim after the change was refused.
+    async fn withdraw(
+        &self,
+        id: &TypeInstanceId,
+        mut head: Head,
+        mut tag: String,
+        rev: u32,
+        nonce: &str,
+    ) -> Result<()> {
+        for attempt in self.attempts() {
+            self.backoff(attempt).await;
+            let next = Head {
+                intent: None,
+                ..head.clone()
+            };
+            if self.store.replace_head(id, &next, &tag).await?.is_some() {
+                return Ok(());
+            }
+            match self.store.read_head(id).await? {
+                Some((h, t)) if claimed_by(&h, rev, nonce) => {
+                    head = h;
+                    tag = t;
+                }
+                _ => return Ok(()),
+            }
+        }
+        Err(rules::contended(id))
+    }
+
+    fn finish(commit: Commit) -> Result<Option<Json>> {
+        match commit {
+            Commit::Done => Ok(None),
+            Commit::Failed(e) => Err(e),
+        }
+    }
+}
+
+#[async_trait]
+impl<S: HeadStore> Backend for Engine<S> {
+    fn describe(&self) -> Describe {
+        self.store.describe()
+    }
+
+    async fn probe(&self) -> Result<()> {
+        self.store.probe().await
+    }
+
+    /// Head, then the object. The head says whether the revision is
+    /// readable; an object written in a later epoch than that head was
+    /// replaced after it was read, so the read starts over.
+    async fn get_value(&self, id: &TypeInstanceId, revision: Revision, _ctx: &Context) -> Result<Value> {
+        let rev = revision.get();
+        for attempt in self.attempts() {
+            self.backoff(attempt).await;
+            let (h, _) = self.live(id, Some(rev)).await?;
+            if rev > h.latest || deleting_revision(&h, rev) {
+                return Err(rules::revision_not_found(id, rev));
+            }
+            match self
+                .store
+                .read_revision(Slot {
+                    id,
+                    life: &h.life,
+                    rev,
+                })
+                .await?
+            {
+                None => return Err(rules::revision_not_found(id, rev)),
+                Some(s) if s.epoch > h.epoch => continue,
+                Some(s) => return Ok(Value::from(s.value)),
+            }
+        }
+        Err(rules::contended(id))
+    }
+
+    async fn get_locked_by(&self, id: &TypeInstanceId, _ctx: &Context) -> Result<Option<Owner>> {
+        let (h, _) = self.live(id, None).await?;
+        match h.lock {
+            Some(l) => Owner::parse(&l)
+                .map(Some)
+                .map_err(|_| Error::data_loss(format!("the lock of type instance {id} is corrupted"))),
+            None => Ok(None),
+        }
+    }
+
+    async fn lock(&self, id: &TypeInstanceId, _ctx: &Context, owner: &Owner) -> Result<()> {
+        for attempt in self.attempts() {
+            self.backoff(attempt).await;
+            let (h, tag) = self.live(id, None).await?;
+            if rules::lock_step(id, h.lock.as_deref(), owner)? == rules::LockStep::Held {
+                return Ok(());
+            }
+            let next = Head {
+                lock: Some(owner.as_str().to_owned()),
+                ..h
+            };
+            if self.store.replace_head(id, &next, &tag).await?.is_some() {
+                return Ok(());
+            }
+        }
+        Err(rules::contended(id))
+    }
+
+    async fn unlock(&self, id: &TypeInstanceId, _ctx: &Context) -> Result<()> {
+        for attempt in self.attempts() {
+            self.backoff(attempt).await;
+            let (h, tag) = self.live(id, None).await?;
+            if h.lock.is_none() {
+                return Ok(());
+            }
+            let next = Head { lock: None, ..h };
+            if self.store.replace_head(id, &next, &tag).await?.is_some() {
+                return Ok(());
+            }
+        }
+        Err(rules::contended(id))
+    }
+}
+
+#[async_trait]
+impl<S: HeadStore> ValueBackend for Engine<S> {
+    async fn create(&self, id: &TypeInstanceId, value: Value, _ctx: &Context) -> Result<Option<Json>> {
+        let nonce = token();
+        let mut busy = false;
+        for attempt in self.attempts() {
+            self.backoff(attempt).await;
+            let fresh = Head::new_life(token(), nonce.clone(), self.now());
+            let (head, tag) = match self.store.read_head(id).await? {
+                None => match self.store.create_head(id, &fresh).await? {
+                    Some(tag) => (fresh, tag),
+                    None => continue,
+                },
+                Some((h, _)) if h.is_live() => {
+                    let first = if h.latest == 1 {
+                        self.store
+                            .read_revision(Slot {
+                                id,
+                                life: &h.life,
+                                rev: 1,
+                            })
+                            .await?
+                            .filter(|s| s.epoch <= h.epoch)
+                    } else {
+                        None
+                    };
+                    rules::create_on_existing(
+                        id,
+                        h.latest,
+                        first.as_ref().map(|s| &s.value[..]),
+                        value.as_bytes(),
+                    )?;
+                    self.project_latest(id, &h).await?;
+                    return Ok(None);
+                }
+                Some((h, tag)) => {
+                    // Not live: a delete (finish it: its life is dead),
+                    // or a create that never committed (wait for its lease).
+                    let replaceable = match &h.intent {
+                        Some(Intent::Delete { .. }) => {
+                            self.purge(id, &h.life, h.latest.max(1)).await?;
+                            true
+                        }
+                        Some(i @ Intent::Deleted { .. }) | Some(i @ Intent::Write { .. }) => {
+                            self.stale(i)
+                        }
+                        Some(Intent::DeleteRevision { .. }) | None => true,
+                    };
+                    if !replaceable {
+                        busy = true;
+                        continue;
+                    }
+                    if !h.life.is_empty() && !matches!(h.intent, Some(Intent::Delete { .. })) {
+                        // The dead claim's object, if any, goes with its life.
+                        self.purge(id, &h.life, 1).await?;
+                    }
+                    match self.store.replace_head(id, &fresh, &tag).await? {
+                        Some(tag) => (fresh, tag),
+                        None => continue,
+                    }
+                }
+            };
+            let commit = self
+                .write_and_commit(id, head, tag, 1, &nonce, &value, None)
+                .await?;
+            return Self::finish(commit);
+        }
+        Err(if busy { rules::busy(id) } else { rules::contended(id) })
+    }
+
+    async fn update(
+        &self,
+        id: &TypeInstanceId,
+        revision: Revision,
+        value: Value,
+        _ctx: &Context,
+        owner: Option<&Owner>,
+    ) -> Result<Option<Json>> {
+        let rev = revision.get();
+        let nonce = token();
+        let mut busy = false;
+        for attempt in self.attempts() {
+            self.backoff(attempt).await;
+            let (h, tag) = self.live(id, None).await?;
+            let stored = if rev <= h.latest && !deleting_revision(&h, rev) {
+                match self
+                    .store
+                    .read_revision(Slot {
+                        id,
+                        life: &h.life,
+                        rev,
+                    })
+                    .await?
+                {
+                    Some(s) if s.epoch > h.epoch => continue,
+                    other => other,
+                }
+            } else {
+                None
+            };
+            let step = rules::update_step(
+                id,
+                rev,
+                h.latest,
+                stored.as_ref().map(|s| &s.value[..]),
+                value.as_bytes(),
+                h.lock.as_deref(),
+                owner,
+            )?;
+            if step == rules::UpdateStep::Done {
+                if rev == h.latest {
+                    // A retry also completes the projection of the first try.
+                    self.store.project(id, Some((rev, value.as_bytes()))).await?;
+                }
+                return Ok(None);
+            }
+            match &h.intent {
+                None => {}
+                Some(i @ Intent::Write { .. }) if self.stale(i) => {}
+                Some(i) => {
+                    if !self.stale(i) || !self.take_over(id, &h, &tag).await? {
+                        busy = true;
+                    }
+                    continue;
+                }
+            }
+            let claimed = Head {
+                intent: Some(Intent::Write {
+                    rev,
+                    nonce: nonce.clone(),
+                    since: self.now(),
+                }),
+                ..h
+            };
+            let Some(tag) = self.store.replace_head(id, &claimed, &tag).await? else {
+                continue;
+            };
+            let commit = self
+                .write_and_commit(id, claimed, tag, rev, &nonce, &value, owner)
+                .await?;
+            return Self::finish(commit);
+        }
+        Err(if busy { rules::busy(id) } else { rules::contended(id) })
+    }
+
+    async fn delete(&self, id: &TypeInstanceId, _ctx: &Context, owner: Option<&Owner>) -> Result<()> {
+        for attempt in self.attempts() {
+            self.backoff(attempt).await;
+            let Some((h, tag)) = self.store.read_head(id).await? else {
+                return Err(rules::not_found(id));
+            };
+            if !h.is_live() {
+                if matches!(h.intent, Some(Intent::Delete { .. })) {
+                    // Help an unfinished delete (its life is dead).
+                    self.finish_delete(id, h, tag).await?;
+                }
+                return Err(rules::not_found(id));
+            }
+            rules::check_lock(id, h.lock.as_deref(), owner)?;
+            let marked = Head {
+                intent: Some(Intent::Delete { since: self.now() }),
+                ..h
+            };
+            if let Some(tag) = self.store.replace_head(id, &marked, &tag).await? {
+                // The TypeInstance is gone from here on; the rest is cleanup
+                // that any later call can finish.
+                return self.finish_delete(id, marked, tag).await;
+            }
+        }
+        Err(rules::contended(id))
+    }
+
+    async fn delete_revision(
+        &self,
+        id: &TypeInstanceId,
+        revision: Revision,
+        _ctx: &Context,
+        owner: Option<&Owner>,
+    ) -> Result<()> {
+        let rev = revision.get();
+        let mut busy = false;
+        for attempt in self.attempts() {
+            self.backoff(attempt).await;
+            let (h, tag) = self.live(id, Some(rev)).await?;
+            if deleting_revision(&h, rev) {
+                // Already gone; a retry after a crash finishes the removal.
+                self.take_over(id, &h, &tag).await?;
+                return Err(rules::revision_not_found(id, rev));
+            }
+            if rev > h.latest {
+                return Err(rules::revision_not_found(id, rev));
+            }
+            rules::check_lock(id, h.lock.as_deref(), owner)?;
+            match &h.intent {
+                None => {}
+                Some(i @ Intent::Write { .. }) if self.stale(i) => {}
+                Some(i) => {
+                    if !self.stale(i) || !self.take_over(id, &h, &tag).await? {
+                        busy = true;
+                    }
+                    continue;
+                }
+            }
+            let slot = Slot {
+                id,
+                life: &h.life,
+                rev,
+            };
+            match self.store.read_revision(slot).await? {
+                None => return Err(rules::revision_not_found(id, rev)),
+                Some(s) if s.epoch > h.epoch => continue,
+                Some(_) => {}
+            }
+            let below = if rev == h.latest {
+                match self.store.highest_below(id, &h.life, rev).await? {
+                    Some(b) => Some(b),
+                    None => {
+                        // The last revision: the TypeInstance goes with it.
+                        let marked = Head {
+                            intent: Some(Intent::Delete { since: self.now() }),
+                            ..h
+                        };
+                        match self.store.replace_head(id, &marked, &tag).await? {
+                            Some(tag) => return self.finish_delete(id, marked, tag).await,
+                            None => continue,
+                        }
+                    }
+                }
+            } else {
+                None
+            };
+            let marked = Head {
+                latest: below.unwrap_or(h.latest),
+                epoch: h.epoch + 1,
+                intent: Some(Intent::DeleteRevision {
+                    rev,
+                    since: self.now(),
+                }),
+                ..h
+            };
+            if let Some(tag) = self.store.replace_head(id, &marked, &tag).await? {
+                return self.finish_delete_revision(id, marked, tag, rev).await;
+            }
+        }
+        Err(if busy { rules::busy(id) } else { rules::contended(id) })
+    }
+}
