@@ -6,7 +6,6 @@
 //! HelmRelease (see [`snapshot`]); tracking and locks live in one annotation
 //! on the HelmRelease (see [`tracking`]). Layout and design: README.md.
 
-pub mod kube_error;
 pub mod projection;
 pub mod snapshot;
 pub mod tracking;
@@ -23,16 +22,19 @@ use kube::{
         ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
         Preconditions,
     },
-    config::{KubeConfigOptions, Kubeconfig},
 };
 use serde_json::{Value as Json, json};
 use shared::{
     Backend, Context, ContextBackend, Describe, Error, Owner, Result, Revision, TypeInstanceId,
-    Value, config::ServerConfig, metrics::store_call, server::BackendConfig,
+    Value,
+    config::ServerConfig,
+    engine::rules::{self, LockStep},
+    metrics::store_call,
+    server::BackendConfig,
 };
+use shared_kube::{self as ke, Call};
 
 use crate::{
-    kube_error as ke,
     snapshot::MAX_SNAPSHOT_BYTES,
     tracking::{Entry, SuspendChange, Tracking},
 };
@@ -112,50 +114,22 @@ impl BackendConfig for Config {
 
 impl Config {
     async fn client(&self) -> Result<Client> {
-        let options = KubeConfigOptions {
-            context: self.kube_context.clone(),
-            ..KubeConfigOptions::default()
-        };
-        let mut config = match &self.kubeconfig {
-            Some(path) => {
-                let kc = Kubeconfig::read_from(path).map_err(|e| {
-                    Error::invalid_argument(format!(
-                        "APP_KUBECONFIG {} is not a readable kubeconfig",
-                        path.display()
-                    ))
-                    .with_source(e)
-                })?;
-                kube::Config::from_custom_kubeconfig(kc, &options)
-                    .await
-                    .map_err(|e| {
-                        Error::invalid_argument("APP_KUBECONFIG cannot be used").with_source(e)
-                    })?
-            }
-            None if self.kube_context.is_some() => {
-                kube::Config::from_kubeconfig(&options).await.map_err(|e| {
-                    Error::invalid_argument("APP_KUBE_CONTEXT cannot be used").with_source(e)
-                })?
-            }
-            None => kube::Config::infer().await.map_err(|e| {
-                Error::invalid_argument(
-                    "no kubernetes configuration found: run in a cluster or set APP_KUBECONFIG",
-                )
-                .with_source(e)
-            })?,
-        };
-        config.connect_timeout = Some(self.kube_timeout);
-        config.read_timeout = Some(self.kube_timeout);
-        config.write_timeout = Some(self.kube_timeout);
-        Client::try_from(config).map_err(|e| {
-            Error::invalid_argument("cannot build the kubernetes client").with_source(e)
+        let conn = shared_kube::connect(&shared_kube::ClientOptions {
+            kubeconfig: self.kubeconfig.as_deref(),
+            context: self.kube_context.as_deref(),
+            kubeconfig_var: "APP_KUBECONFIG",
+            context_var: "APP_KUBE_CONTEXT",
+            connect_timeout: self.kube_timeout,
+            timeout: self.kube_timeout,
         })
+        .await?;
+        Ok(conn.client)
     }
 }
 
 /// Builds the backend: connects to the API server and, if configured,
 /// starts the watch with the logging observer.
 pub async fn build(config: Config) -> Result<FluxBackend> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = config.client().await?;
     let backend = FluxBackend::new(client, &config);
     if let Some(selector) = config.watch_selector.clone().filter(|s| !s.is_empty()) {
@@ -200,10 +174,12 @@ impl Release {
             .and_then(Json::as_bool)
     }
 
-    fn entry(&self, id: &TypeInstanceId) -> Result<&Entry> {
+    /// The entry of `id`; NOT_FOUND (worded for revision `rev`, if one
+    /// was asked for) when the release does not track it.
+    fn entry(&self, id: &TypeInstanceId, rev: Option<u32>) -> Result<&Entry> {
         self.tracking
             .entry(id.as_str())
-            .ok_or_else(|| not_found(id))
+            .ok_or_else(|| gone(id, rev))
     }
 
     /// The projection as stored and returned, within the snapshot limit.
@@ -221,27 +197,17 @@ impl Release {
     }
 }
 
-fn not_found(id: &TypeInstanceId) -> Error {
-    Error::not_found(format!("type instance {id} not found"))
-}
-
-fn rev_not_found(id: &TypeInstanceId, rev: u32) -> Error {
-    Error::not_found(format!("revision {rev} of type instance {id} not found"))
-}
-
-fn aborted(id: &TypeInstanceId) -> Error {
-    Error::aborted(format!(
-        "the helmrelease of type instance {id} changed concurrently too often; retry"
-    ))
+/// NOT_FOUND for the TypeInstance, in the words for revision `rev` when a
+/// revision was asked for (as the engine answers).
+fn gone(id: &TypeInstanceId, rev: Option<u32>) -> Error {
+    match rev {
+        Some(r) => rules::revision_not_found(id, r),
+        None => rules::not_found(id),
+    }
 }
 
 fn check_owner(id: &TypeInstanceId, entry: &Entry, owner: Option<&Owner>) -> Result<()> {
-    match &entry.lock {
-        Some(holder) if Some(holder.as_str()) != owner.map(Owner::as_str) => Err(
-            Error::failed_precondition(format!("type instance {id} is locked by {holder}")),
-        ),
-        _ => Ok(()),
-    }
+    rules::check_lock(id, entry.lock.as_deref(), owner)
 }
 
 /// A short pause before retrying a lost race, spread so that racing writers
@@ -324,8 +290,11 @@ impl FluxBackend {
     async fn release(&self, namespace: &str, name: &str) -> Result<Option<Release>> {
         let what = format!("helmrelease {namespace}/{name}");
         let api = self.releases(namespace);
+        let call = Call::new("get", "helmreleases")
+            .namespace(namespace)
+            .name(name);
         let Some(obj) = store_call("get_helmrelease", async {
-            api.get_opt(name).await.map_err(|e| ke::map(e, &what))
+            api.get_opt(name).await.map_err(|e| ke::map(e, &call))
         })
         .await?
         else {
@@ -352,19 +321,19 @@ impl FluxBackend {
         }))
     }
 
-    async fn live(&self, id: &TypeInstanceId, ctx: &Context) -> Result<Release> {
+    /// The release the context names; NOT_FOUND if it does not exist (a
+    /// TypeInstance cannot outlive its release).
+    async fn live(&self, id: &TypeInstanceId, ctx: &Context, rev: Option<u32>) -> Result<Release> {
         let (ns, name) = Self::target(ctx)?;
-        self.release(&ns, &name).await?.ok_or_else(|| {
-            Error::not_found(format!(
-                "type instance {id} not found: helmrelease {ns}/{name} does not exist"
-            ))
-        })
+        self.release(&ns, &name).await?.ok_or_else(|| gone(id, rev))
     }
 
     /// Writes `next` as the release's tracking state. `false`: the release
     /// changed since it was read (409); the caller re-reads and re-checks.
     async fn write(&self, rel: &Release, next: &Tracking, suspend: SuspendChange) -> Result<bool> {
-        let what = rel.what();
+        let call = Call::new("patch", "helmreleases")
+            .namespace(&rel.namespace)
+            .name(&rel.name);
         let patch = next.patch(&rel.resource_version, suspend);
         let api = self.releases(&rel.namespace);
         store_call("patch_helmrelease", async {
@@ -374,7 +343,7 @@ impl FluxBackend {
             {
                 Ok(_) => Ok(true),
                 Err(e) if ke::is_conflict(&e) => Ok(false),
-                Err(e) => Err(ke::map(e, &what)),
+                Err(e) => Err(ke::map(e, &call)),
             }
         })
         .await
@@ -387,10 +356,10 @@ impl FluxBackend {
         rev: u32,
     ) -> Result<Option<ConfigMap>> {
         let name = snapshot::name(id.as_str(), rev);
-        let what = format!("snapshot configmap {ns}/{name}");
+        let call = Call::new("get", "configmaps").namespace(ns).name(&name);
         let api = self.config_maps(ns);
         let cm = store_call("get_snapshot", async {
-            api.get_opt(&name).await.map_err(|e| ke::map(e, &what))
+            api.get_opt(&name).await.map_err(|e| ke::map(e, &call))
         })
         .await?;
         // A ConfigMap of that name for another id (hash collision, or
@@ -416,13 +385,15 @@ impl FluxBackend {
         };
         let mut cm = snapshot::build(id.as_str(), rev, &owner, rel.value()?);
         let name = snapshot::name(id.as_str(), rev);
-        let what = format!("snapshot configmap {}/{name}", rel.namespace);
+        let call = Call::new("create", "configmaps")
+            .namespace(&rel.namespace)
+            .name(&name);
         let api = self.config_maps(&rel.namespace);
         let created = store_call("create_snapshot", async {
             match api.create(&PostParams::default(), &cm).await {
                 Ok(_) => Ok(true),
                 Err(e) if ke::is_already_exists(&e) => Ok(false),
-                Err(e) => Err(ke::map(e, &what)),
+                Err(e) => Err(ke::map(e, &call)),
             }
         })
         .await?;
@@ -430,27 +401,41 @@ impl FluxBackend {
             return Ok(());
         }
         store_call("replace_snapshot", async {
-            let existing = api.get(&name).await.map_err(|e| ke::map(e, &what))?;
+            let existing = api.get(&name).await.map_err(|e| {
+                ke::map(
+                    e,
+                    &Call {
+                        verb: "get",
+                        ..call
+                    },
+                )
+            })?;
             cm.metadata.resource_version = existing.metadata.resource_version;
             match api.replace(&name, &PostParams::default(), &cm).await {
                 // A concurrent writer replaced it with a projection taken
                 // at the same moment: as good as ours.
                 Ok(_) => Ok(()),
                 Err(e) if ke::is_conflict(&e) => Ok(()),
-                Err(e) => Err(ke::map(e, &what)),
+                Err(e) => Err(ke::map(
+                    e,
+                    &Call {
+                        verb: "update",
+                        ..call
+                    },
+                )),
             }
         })
         .await
     }
 
     async fn delete_snapshot(&self, ns: &str, name: &str) -> Result<()> {
-        let what = format!("snapshot configmap {ns}/{name}");
+        let call = Call::new("delete", "configmaps").namespace(ns).name(name);
         let api = self.config_maps(ns);
         store_call("delete_snapshot", async {
             match api.delete(name, &DeleteParams::default()).await {
                 Ok(_) => Ok(()),
                 Err(e) if ke::is_not_found(&e) => Ok(()),
-                Err(e) => Err(ke::map(e, &what)),
+                Err(e) => Err(ke::map(e, &call)),
             }
         })
         .await
@@ -463,21 +448,20 @@ impl FluxBackend {
         ns: Option<&str>,
     ) -> Result<Vec<ConfigMap>> {
         let lp = ListParams::default().labels(&snapshot::selector(id.as_str()));
-        let apis: Vec<(Api<ConfigMap>, String)> = match ns {
-            Some(ns) => vec![(self.config_maps(ns), format!("configmaps in {ns}"))],
-            None if self.namespaces.is_empty() => {
-                vec![(Api::all(self.client.clone()), "configmaps".to_owned())]
-            }
+        let list = Call::new("list", "configmaps");
+        let apis: Vec<(Api<ConfigMap>, Call<'_>)> = match ns {
+            Some(ns) => vec![(self.config_maps(ns), list.namespace(ns))],
+            None if self.namespaces.is_empty() => vec![(Api::all(self.client.clone()), list)],
             None => self
                 .namespaces
                 .iter()
-                .map(|n| (self.config_maps(n), format!("configmaps in {n}")))
+                .map(|n| (self.config_maps(n), list.namespace(n)))
                 .collect(),
         };
         let mut out = Vec::new();
-        for (api, what) in apis {
+        for (api, call) in apis {
             let list = store_call("list_snapshots", async {
-                api.list(&lp).await.map_err(|e| ke::map(e, &what))
+                api.list(&lp).await.map_err(|e| ke::map(e, &call))
             })
             .await?;
             out.extend(
@@ -516,11 +500,13 @@ impl FluxBackend {
                 return Ok(rel);
             }
         }
-        Err(not_found(id))
+        Err(rules::not_found(id))
     }
 
     async fn delete_release(&self, rel: &Release) -> Result<()> {
-        let what = rel.what();
+        let call = Call::new("delete", "helmreleases")
+            .namespace(&rel.namespace)
+            .name(&rel.name);
         let api = self.releases(&rel.namespace);
         let dp = DeleteParams {
             preconditions: Some(Preconditions {
@@ -533,7 +519,7 @@ impl FluxBackend {
             match api.delete(&rel.name, &dp).await {
                 Ok(_) => Ok(()),
                 Err(e) if ke::is_not_found(&e) || ke::is_conflict(&e) => Ok(()),
-                Err(e) => Err(ke::map(e, &what)),
+                Err(e) => Err(ke::map(e, &call)),
             }
         })
         .await
@@ -556,15 +542,16 @@ impl Backend for FluxBackend {
     /// One LIST of HelmReleases (limit 1): the API server answers, the CRD is
     /// installed and our role may read it.
     async fn probe(&self) -> Result<()> {
-        let api: Api<DynamicObject> = match self.namespaces.first() {
-            Some(ns) => self.releases(ns),
-            None => Api::all_with(self.client.clone(), &self.resource),
+        let call = Call::new("list", "helmreleases");
+        let (api, call): (Api<DynamicObject>, _) = match self.namespaces.first() {
+            Some(ns) => (self.releases(ns), call.namespace(ns)),
+            None => (Api::all_with(self.client.clone(), &self.resource), call),
         };
         store_call("list_helmreleases", async {
             api.list_metadata(&ListParams::default().limit(1))
                 .await
                 .map(drop)
-                .map_err(|e| ke::map(e, "helmreleases"))
+                .map_err(|e| ke::map(e, &call))
         })
         .await
     }
@@ -577,11 +564,11 @@ impl Backend for FluxBackend {
         revision: Revision,
         ctx: &Context,
     ) -> Result<Value> {
-        let rel = self.live(id, ctx).await?;
-        let latest = rel.entry(id)?.latest;
         let n = revision.get();
+        let rel = self.live(id, ctx, Some(n)).await?;
+        let latest = rel.entry(id, Some(n))?.latest;
         if n > latest {
-            return Err(rev_not_found(id, n));
+            return Err(rules::revision_not_found(id, n));
         }
         if n == latest {
             return Ok(Value::from(rel.value()?.into_bytes()));
@@ -589,13 +576,13 @@ impl Backend for FluxBackend {
         let cm = self.get_snapshot(&rel.namespace, id, n).await?;
         match cm.and_then(|cm| snapshot::read(&cm).value) {
             Some(v) => Ok(Value::from(v.into_bytes())),
-            None => Err(rev_not_found(id, n)),
+            None => Err(rules::revision_not_found(id, n)),
         }
     }
 
     async fn get_locked_by(&self, id: &TypeInstanceId, ctx: &Context) -> Result<Option<Owner>> {
-        let rel = self.live(id, ctx).await?;
-        match &rel.entry(id)?.lock {
+        let rel = self.live(id, ctx, None).await?;
+        match &rel.entry(id, None)?.lock {
             Some(l) => Owner::parse(l).map(Some).map_err(|_| {
                 Error::data_loss(format!("the lock of type instance {id} is corrupted"))
             }),
@@ -605,15 +592,10 @@ impl Backend for FluxBackend {
 
     async fn lock(&self, id: &TypeInstanceId, ctx: &Context, owner: &Owner) -> Result<()> {
         for attempt in 0..MAX_ATTEMPTS {
-            let rel = self.live(id, ctx).await?;
-            match &rel.entry(id)?.lock {
-                Some(h) if h == owner.as_str() => return Ok(()),
-                Some(h) => {
-                    return Err(Error::failed_precondition(format!(
-                        "type instance {id} is locked by {h}"
-                    )));
-                }
-                None => {}
+            let rel = self.live(id, ctx, None).await?;
+            let holder = rel.entry(id, None)?.lock.as_deref();
+            if rules::lock_step(id, holder, owner)? == LockStep::Held {
+                return Ok(());
             }
             let mut next = rel.tracking.clone();
             let change = next.lock(
@@ -627,13 +609,13 @@ impl Backend for FluxBackend {
             }
             backoff(attempt).await;
         }
-        Err(aborted(id))
+        Err(rules::contended(id))
     }
 
     async fn unlock(&self, id: &TypeInstanceId, ctx: &Context) -> Result<()> {
         for attempt in 0..MAX_ATTEMPTS {
-            let rel = self.live(id, ctx).await?;
-            let entry = rel.entry(id)?;
+            let rel = self.live(id, ctx, None).await?;
+            let entry = rel.entry(id, None)?;
             if entry.lock.is_none() && !entry.suspended {
                 return Ok(());
             }
@@ -644,7 +626,7 @@ impl Backend for FluxBackend {
             }
             backoff(attempt).await;
         }
-        Err(aborted(id))
+        Err(rules::contended(id))
     }
 }
 
@@ -673,9 +655,7 @@ impl ContextBackend for FluxBackend {
                 // A retried create succeeds, and completes a create whose
                 // snapshot write failed.
                 if entry.latest != 1 {
-                    return Err(Error::already_exists(format!(
-                        "type instance {id} already exists"
-                    )));
+                    return Err(rules::already_exists(id));
                 }
                 self.put_snapshot(&rel, id, 1, true).await?;
                 return Ok(None);
@@ -695,7 +675,7 @@ impl ContextBackend for FluxBackend {
             }
             backoff(attempt).await;
         }
-        Err(aborted(id))
+        Err(rules::contended(id))
     }
 
     /// Snapshot of the new revision first, then `latest` raised with the
@@ -710,25 +690,20 @@ impl ContextBackend for FluxBackend {
     ) -> Result<Option<Json>> {
         let n = revision.get();
         for attempt in 0..MAX_ATTEMPTS {
-            let rel = self.live(id, ctx).await?;
-            let entry = rel.entry(id)?;
+            let rel = self.live(id, ctx, None).await?;
+            let entry = rel.entry(id, None)?;
             if n <= entry.latest {
                 let stored = self.get_snapshot(&rel.namespace, id, n).await?.is_some();
                 if stored && n == entry.latest {
                     return Ok(None);
                 }
                 if stored {
-                    return Err(Error::already_exists(format!(
-                        "revision {n} of type instance {id} already exists"
-                    )));
+                    return Err(rules::revision_exists(id, n));
                 }
             }
             check_owner(id, entry, owner)?;
             if n < entry.latest {
-                return Err(Error::failed_precondition(format!(
-                    "revision {n} of type instance {id} is not above the latest revision {}",
-                    entry.latest
-                )));
+                return Err(rules::not_above_latest(id, n, entry.latest));
             }
             if n == entry.latest {
                 // The latest revision lost its snapshot: take it again.
@@ -745,7 +720,7 @@ impl ContextBackend for FluxBackend {
             }
             backoff(attempt).await;
         }
-        Err(aborted(id))
+        Err(rules::contended(id))
     }
 
     /// Untracks first (one compare-and-set), then removes the snapshots; a
@@ -762,7 +737,7 @@ impl ContextBackend for FluxBackend {
             let Some(rel) = self.release(&ns, &name).await? else {
                 return self.delete_all_snapshots(id, &ns).await;
             };
-            let entry = rel.entry(id)?;
+            let entry = rel.entry(id, None)?;
             check_owner(id, entry, owner)?;
             let mut next = rel.tracking.clone();
             let change = next.release(id.as_str(), true);
@@ -776,7 +751,7 @@ impl ContextBackend for FluxBackend {
             }
             return Ok(());
         }
-        Err(aborted(id))
+        Err(rules::contended(id))
     }
 
     async fn delete_revision(
@@ -792,16 +767,16 @@ impl ContextBackend for FluxBackend {
             let rel = self
                 .release(&ns, &name)
                 .await?
-                .ok_or_else(|| not_found(id))?;
-            let entry = rel.entry(id)?;
+                .ok_or_else(|| gone(id, Some(n)))?;
+            let entry = rel.entry(id, Some(n))?;
             if n > entry.latest {
-                return Err(rev_not_found(id, n));
+                return Err(rules::revision_not_found(id, n));
             }
             check_owner(id, entry, owner)?;
             let snapshot_name = snapshot::name(id.as_str(), n);
             if n < entry.latest {
                 if self.get_snapshot(&ns, id, n).await?.is_none() {
-                    return Err(rev_not_found(id, n));
+                    return Err(rules::revision_not_found(id, n));
                 }
                 return self.delete_snapshot(&ns, &snapshot_name).await;
             }
@@ -833,7 +808,7 @@ impl ContextBackend for FluxBackend {
                 None => self.delete_all_snapshots(id, &ns).await,
             };
         }
-        Err(aborted(id))
+        Err(rules::contended(id))
     }
 }
 

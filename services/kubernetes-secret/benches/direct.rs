@@ -5,17 +5,22 @@
 //! `cargo bench -p kubernetes-secret --bench direct` (needs the binaries of
 //! tests/kube/build.sh). Rows, at concurrency 1 and 16:
 //! - `get cN backend`: GetValue of revision 1 through the backend;
-//! - `get cN direct`: a GET of the same revision Secret;
+//! - `get cN direct`: the two GETs the backend makes for it (the head
+//!   Secret, then the revision Secret, whose name the head's life gives);
 //! - `update cN backend`: OnUpdate to the next revision, each worker on its
 //!   own TypeInstance;
 //! - `update cN direct`: one create of a Secret (the write a revision needs);
-//! - `update cN direct-3`: the three calls the backend makes for one
-//!   OnUpdate (GET the head, PUT it at its resourceVersion, create the
-//!   revision Secret).
+//! - `update cN direct-5`: the five calls the backend makes for one
+//!   OnUpdate (GET the head, PUT the claim at its resourceVersion, GET the
+//!   revision Secret, create it, PUT the commit).
 //!
 //! Timings are printed, never asserted. Without `--bench` it does nothing.
 
-use std::{collections::BTreeMap, process::ExitCode, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    process::ExitCode,
+    sync::Arc,
+};
 
 use bench::{
     Report, RunOptions,
@@ -25,7 +30,7 @@ use bench::{
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{
     Api,
-    api::{ObjectMeta, PostParams},
+    api::{ListParams, ObjectMeta, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
 use kubernetes_secret::secret_key;
@@ -68,19 +73,54 @@ fn secret(name: &str, value: &[u8]) -> Secret {
     }
 }
 
-/// A GET of revision 1's Secret of each of `ids` in turn, as the backend
-/// makes it for GetValue.
-fn secret_get_cycling(api: &Arc<Api<Secret>>, ids: &Arc<[String]>) -> CyclingOp {
-    let api = Arc::clone(api);
+/// The GETs of the head and of revision 1's Secret of each of `ids` in
+/// turn, as the backend makes them for GetValue (`names`: id → revision 1's
+/// Secret, found once by label).
+fn secret_get_cycling(
+    api: &Arc<Api<Secret>>,
+    ids: &Arc<[String]>,
+    names: &Arc<HashMap<String, String>>,
+) -> CyclingOp {
+    let (api, names) = (Arc::clone(api), Arc::clone(names));
     bench::harness::cycling(ids, move |id| {
-        let (api, name) = (Arc::clone(&api), format!("capact-{}-r1", secret_key(id)));
+        let head = format!("capact-{}", secret_key(id));
+        let rev = names.get(id).cloned().unwrap_or_default();
+        let api = Arc::clone(&api);
         async move {
-            api.get(&name)
+            api.get(&head)
+                .await
+                .map_err(|e| format!("get {head}: {e}"))?;
+            api.get(&rev)
                 .await
                 .map(drop)
-                .map_err(|e| format!("get {name}: {e}"))
+                .map_err(|e| format!("get {rev}: {e}"))
         }
     })
+}
+
+/// Revision 1's Secret of each of `ids` (its name carries the head's life).
+async fn revision_names(
+    api: &Api<Secret>,
+    ids: &[String],
+) -> Result<Arc<HashMap<String, String>>, String> {
+    let mut out = HashMap::new();
+    for id in ids {
+        let selector = format!(
+            "capact.io/type-instance-key={},capact.io/role=revision,capact.io/revision=1",
+            secret_key(id)
+        );
+        let found = api
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| format!("list revisions of {id}: {e}"))?;
+        let name = found
+            .items
+            .first()
+            .and_then(|s| s.metadata.name.clone())
+            .ok_or_else(|| format!("no revision 1 of {id}"))?;
+        out.insert(id.clone(), name);
+    }
+    Ok(Arc::new(out))
 }
 
 /// The cluster's admin client, connecting to `addr` instead of the API
@@ -147,6 +187,7 @@ async fn bench_all() -> Result<Report, String> {
             .await
             .map_err(|s| format!("create {id}: {s}"))?;
     }
+    let names = revision_names(&secrets, &get_ids).await?;
     for concurrency in CONCURRENCY {
         // Backend and direct in alternating rounds (bench::run_paired): the
         // store's speed drifts during a run, and both sides of a round see
@@ -154,7 +195,7 @@ async fn bench_all() -> Result<Report, String> {
         let name = format!("get c{concurrency}");
         let paired = bench::run_paired(
             bench::harness::get_cycling(&target, &get_ids, 1),
-            secret_get_cycling(&secrets, &get_ids),
+            secret_get_cycling(&secrets, &get_ids, &names),
             &options(concurrency, GET_OPS),
             GET_ROUNDS,
         )
@@ -164,8 +205,8 @@ async fn bench_all() -> Result<Report, String> {
         // (TLS passes through it untouched).
         bench::harness::floor_rows(
             &mut report,
-            secret_get_cycling(&via_forwarder, &get_ids),
-            secret_get_cycling(&secrets, &get_ids),
+            secret_get_cycling(&via_forwarder, &get_ids, &names),
+            secret_get_cycling(&secrets, &get_ids, &names),
             &options(concurrency, GET_OPS),
             GET_ROUNDS,
         )
@@ -193,10 +234,10 @@ async fn bench_all() -> Result<Report, String> {
         .await?;
         report.row(&name, checked(&name, stats)?);
 
-        // Direct, the backend's three calls.
+        // Direct, the backend's five calls.
         let mut slots = Vec::new();
         for i in 0..concurrency {
-            let head = format!("direct3-c{concurrency}-{i}");
+            let head = format!("direct5-c{concurrency}-{i}");
             let mut s = secret(&head, b"");
             s.immutable = None;
             s.metadata.annotations = Some(BTreeMap::from([(
@@ -211,13 +252,13 @@ async fn bench_all() -> Result<Report, String> {
         }
         let pool = Pool::new(slots);
         let (api, v) = (Arc::clone(&secrets), Arc::clone(&value));
-        let name = format!("update c{concurrency} direct-3");
+        let name = format!("update c{concurrency} direct-5");
         let stats = bench::run(
             move |_| {
                 let (api, pool, v) = (Arc::clone(&api), Arc::clone(&pool), Arc::clone(&v));
                 async move {
                     let head = pool.take()?;
-                    let result = three_calls(&api, &head, &v).await;
+                    let result = five_calls(&api, &head, &v).await;
                     pool.give(head);
                     result
                 }
@@ -256,7 +297,7 @@ async fn bench_all() -> Result<Report, String> {
         report.row(&name, checked(&name, stats)?);
         let backend_row = format!("update c{concurrency} backend");
         report.compare(&backend_row, &format!("update c{concurrency} direct"))?;
-        report.compare(&backend_row, &format!("update c{concurrency} direct-3"))?;
+        report.compare(&backend_row, &format!("update c{concurrency} direct-5"))?;
     }
     drop(backend);
     drop(cluster);
@@ -265,8 +306,8 @@ async fn bench_all() -> Result<Report, String> {
 
 /// What the backend does for one OnUpdate of a new revision, as plain kube
 /// calls: read the head, claim the revision in it at its resourceVersion,
-/// create the revision Secret.
-async fn three_calls(api: &Api<Secret>, head: &str, value: &[u8]) -> Result<(), String> {
+/// look for the revision Secret, create it, commit the head.
+async fn five_calls(api: &Api<Secret>, head: &str, value: &[u8]) -> Result<(), String> {
     let mut h = api
         .get(head)
         .await
@@ -278,12 +319,19 @@ async fn three_calls(api: &Api<Secret>, head: &str, value: &[u8]) -> Result<(), 
         .ok_or_else(|| format!("{head} has no latest"))?;
     let next = latest + 1;
     ann.insert("capact.io/latest-revision".into(), next.to_string());
-    api.replace(head, &PostParams::default(), &h)
+    let claimed = api
+        .replace(head, &PostParams::default(), &h)
         .await
         .map_err(|e| format!("replace {head}: {e}"))?;
     let rev = format!("{head}-r{next}");
+    api.get_opt(&rev)
+        .await
+        .map_err(|e| format!("get {rev}: {e}"))?;
     api.create(&PostParams::default(), &secret(&rev, value))
         .await
+        .map_err(|e| format!("create {rev}: {e}"))?;
+    api.replace(head, &PostParams::default(), &claimed)
+        .await
         .map(drop)
-        .map_err(|e| format!("create {rev}: {e}"))
+        .map_err(|e| format!("commit {head}: {e}"))
 }

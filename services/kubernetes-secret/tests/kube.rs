@@ -6,7 +6,10 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use k8s_openapi::api::{core::v1::Secret, rbac::v1::PolicyRule};
+use k8s_openapi::{
+    ByteString,
+    api::{core::v1::Secret, rbac::v1::PolicyRule},
+};
 use kube::{
     Api,
     api::{ListParams, ObjectMeta, PostParams},
@@ -126,6 +129,8 @@ async fn kubernetes_secret_backend_on_a_real_api_server() {
     app_secret_follows_the_latest_revision_and_is_cleaned_up(&cluster).await;
     foreign_or_disallowed_app_secret_is_refused_and_nothing_is_written(&cluster).await;
     layout_is_labelled_immutable_and_hashed(&cluster).await;
+    legacy_layout_written_by_the_previous_version_is_still_served(&cluster).await;
+    two_backends_racing_on_one_api_server_never_violate_the_fence(&cluster).await;
     api_server_restart_is_unavailable_then_recovers(&mut cluster).await;
 }
 
@@ -166,12 +171,18 @@ async fn missing_verb_is_permission_denied_naming_it(cluster: &Cluster) {
         )
         .await;
     let b = backend(sa.env()).await;
-    create(&b, "t1", b"1", None).await.expect("create");
-    let s = lock(&b, "t1", "o").await.expect_err("lock needs update");
+    // A create commits by updating the head: refused, and nothing visible.
+    let s = create(&b, "t1", b"1", None)
+        .await
+        .expect_err("create needs update");
     assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
     assert!(s.message().contains("'update'"), "{}", s.message());
     assert!(s.message().contains("secrets"), "{}", s.message());
-    assert_eq!(get(&b, "t1", 1).await.expect("still readable"), b"1");
+    assert!(s.message().contains(&ns), "{}", s.message());
+    assert_eq!(
+        get(&b, "t1", 1).await.expect_err("never committed").code(),
+        Code::NotFound
+    );
 }
 
 async fn two_processes_racing_have_one_winner(cluster: &Cluster) {
@@ -447,9 +458,13 @@ async fn layout_is_labelled_immutable_and_hashed(cluster: &Cluster) {
         .expect("list")
         .items;
     assert_eq!(all.len(), 3, "one head and two revisions");
+    let mut life = None;
+    let mut revision_lives = Vec::new();
     for s in &all {
         let name = s.metadata.name.clone().unwrap_or_default();
-        assert!(name.starts_with("capact-") && name.len() < 64, "{name}");
+        // A Secret name is a DNS subdomain (at most 253 characters): prefix,
+        // key (40), life (16) and revision stay far below.
+        assert!(name.starts_with("capact-") && name.len() < 100, "{name}");
         let ann = s.metadata.annotations.clone().unwrap_or_default();
         assert_eq!(ann.get("capact.io/type-instance-id"), Some(&id));
         let role = s
@@ -460,19 +475,214 @@ async fn layout_is_labelled_immutable_and_hashed(cluster: &Cluster) {
             .cloned();
         match role.as_deref() {
             Some("head") => {
-                assert_eq!(
-                    ann.get("capact.io/latest-revision").map(String::as_str),
-                    Some("2")
-                );
+                let head: serde_json::Value = serde_json::from_str(
+                    ann.get("capact.io/head").map(String::as_str).unwrap_or(""),
+                )
+                .expect("the head is JSON in one annotation");
+                assert_eq!(head["latest"], 2, "{head}");
+                assert_eq!(head["managed_by"], "capact-storage", "{head}");
+                assert!(!ann.contains_key("capact.io/latest-revision"), "{ann:?}");
+                life = head["life"].as_str().map(str::to_owned);
             }
             Some("revision") => {
                 assert_eq!(s.immutable, Some(true), "{name}");
                 assert!(name.ends_with("-r1") || name.ends_with("-r2"), "{name}");
+                assert!(ann.contains_key("capact.io/epoch"), "{ann:?}");
+                revision_lives.push(
+                    s.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("capact.io/life"))
+                        .cloned(),
+                );
             }
             other => panic!("unexpected role {other:?} on {name}"),
         }
     }
+    // Both revisions live under the head's life, which names them.
+    let life = life.expect("a life in the head");
+    assert_eq!(revision_lives, vec![Some(life.clone()); 2]);
+    for s in &all {
+        let name = s.metadata.name.clone().unwrap_or_default();
+        if name.ends_with("-r1") || name.ends_with("-r2") {
+            assert!(name.contains(&format!("-{life}-r")), "{name}");
+        }
+    }
     assert_eq!(get(&b, &id, 1).await.expect("rev 1"), b"\xff\x00 not utf-8");
+}
+
+/// A Secret as the previous version (before the revision engine) wrote it
+/// for `id`: its labels and annotations, and `data` if any.
+fn legacy_secret(
+    id: &str,
+    name: &str,
+    role: &str,
+    type_: &str,
+    extra_labels: &[(&str, &str)],
+    annotations: &[(&str, &str)],
+    data: Option<(&str, &[u8])>,
+) -> Secret {
+    let key = kubernetes_secret::secret_key(id);
+    let labels = [
+        ("app.kubernetes.io/managed-by", "capact-storage"),
+        ("capact.io/type-instance-key", key.as_str()),
+        ("capact.io/role", role),
+    ]
+    .iter()
+    .chain(extra_labels)
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let annotations = [("capact.io/type-instance-id", id)]
+        .iter()
+        .chain(annotations)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        type_: Some(type_.to_owned()),
+        immutable: (role == "revision").then_some(true),
+        data: data.map(|(k, v)| [(k.to_owned(), ByteString(v.to_vec()))].into()),
+        ..Default::default()
+    }
+}
+
+async fn legacy_layout_written_by_the_previous_version_is_still_served(cluster: &Cluster) {
+    let ns = cluster.create_namespace("legacy").await;
+    let own: Api<Secret> = Api::namespaced(cluster.client().await, &ns);
+    let id = "Legacy.TI";
+    let key = kubernetes_secret::secret_key(id);
+    let head = format!("capact-{key}");
+    let app_target = format!("{ns}/legacy-app/creds");
+    let old = [
+        legacy_secret(
+            id,
+            &head,
+            "head",
+            "capact.io/type-instance",
+            &[],
+            &[
+                ("capact.io/latest-revision", "2"),
+                ("capact.io/locked-by", "hub"),
+                ("capact.io/app-secret", &app_target),
+            ],
+            None,
+        ),
+        legacy_secret(
+            id,
+            &format!("{head}-r1"),
+            "revision",
+            "capact.io/type-instance-revision",
+            &[("capact.io/revision", "1")],
+            &[("capact.io/revision", "1")],
+            Some(("value", b"one")),
+        ),
+        legacy_secret(
+            id,
+            &format!("{head}-r2"),
+            "revision",
+            "capact.io/type-instance-revision",
+            &[("capact.io/revision", "2")],
+            &[("capact.io/revision", "2")],
+            Some(("value", b"two")),
+        ),
+        legacy_secret(
+            id,
+            "legacy-app",
+            "app",
+            "Opaque",
+            &[("capact.io/revision", "2")],
+            &[("capact.io/revision", "2")],
+            Some(("creds", b"two")),
+        ),
+    ];
+    for s in &old {
+        own.create(&PostParams::default(), s)
+            .await
+            .expect("create a secret in the previous layout");
+    }
+    let b = backend(with(cluster.env(), &[("APP_K8S_NAMESPACE", &ns)])).await;
+    assert_eq!(get(&b, id, 1).await.expect("legacy revision 1"), b"one");
+    assert_eq!(get(&b, id, 2).await.expect("legacy revision 2"), b"two");
+    // The legacy lock holds.
+    let locked_by = b
+        .client()
+        .await
+        .get_locked_by(pb::GetLockedByRequest {
+            type_instance_id: id.into(),
+            context: Bytes::new(),
+        })
+        .await
+        .expect("get locked by")
+        .into_inner()
+        .locked_by;
+    assert_eq!(locked_by.as_deref(), Some("hub"));
+    let s = update(&b, id, 3, b"three", None)
+        .await
+        .expect_err("locked by hub");
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    b.client()
+        .await
+        .on_unlock(pb::OnUnlockRequest {
+            type_instance_id: id.into(),
+            context: Bytes::new(),
+        })
+        .await
+        .expect("unlock");
+    update(&b, id, 3, b"three", Some("null"))
+        .await
+        .expect("update a legacy TypeInstance");
+    assert_eq!(get(&b, id, 3).await.expect("revision 3"), b"three");
+    assert_eq!(get(&b, id, 1).await.expect("still revision 1"), b"one");
+    // The legacy life keeps the legacy names; the app Secret follows.
+    let r3 = own
+        .get_opt(&format!("{head}-r3"))
+        .await
+        .expect("get -r3")
+        .expect("revision 3 under the legacy name");
+    assert_eq!(r3.immutable, Some(true));
+    assert_eq!(
+        app_secret(&own, "legacy-app", "creds").await.as_deref(),
+        Some(&b"three"[..])
+    );
+    let h = own.get(&head).await.expect("head");
+    let ann = h.metadata.annotations.unwrap_or_default();
+    assert!(ann.contains_key("capact.io/head"), "{ann:?}");
+    assert!(!ann.contains_key("capact.io/latest-revision"), "{ann:?}");
+
+    b.client()
+        .await
+        .on_delete(pb::OnDeleteValueAndContextRequest {
+            type_instance_id: id.into(),
+            context: None,
+            owner_id: None,
+        })
+        .await
+        .expect("delete a legacy TypeInstance");
+    assert_eq!(
+        get(&b, id, 1).await.expect_err("deleted").code(),
+        Code::NotFound
+    );
+    let left = own
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=capact-storage"))
+        .await
+        .expect("list");
+    let names: Vec<_> = left.items.iter().map(|s| s.metadata.name.clone()).collect();
+    assert!(names.is_empty(), "left behind: {names:?}");
+}
+
+async fn two_backends_racing_on_one_api_server_never_violate_the_fence(cluster: &Cluster) {
+    let ns = cluster.create_namespace("fence").await;
+    let env = with(cluster.env(), &[("APP_K8S_NAMESPACE", &ns)]);
+    let a = backend(env.clone()).await;
+    let b = backend(env).await;
+    let t = Instant::now();
+    testkit::assert_races_clean(&a.url, &b.url, 200).await;
+    println!("200 race rounds in {:?}", t.elapsed());
 }
 
 async fn api_server_restart_is_unavailable_then_recovers(cluster: &mut Cluster) {

@@ -5,16 +5,18 @@
 //! `cargo bench -p s3 --bench direct` (needs `moto_server`: see tests/setup.sh).
 //! Rows, at concurrency 1 and 16, a fixed number of calls each:
 //! - `get cN backend`: GetValue of revision 1 through the backend;
-//! - `get cN direct`: GetObject of the same object (`capact/<id>/rev/1`),
-//!   run in alternating rounds with the backend row (`bench::run_paired`)
-//!   so that moto's drift moves both alike; the report adds the median of
-//!   the per-round p50 ratios;
+//! - `get cN direct`: the two GetObjects the backend makes (the head
+//!   `capact/<id>/head`, then `capact/<id>/<life>/1`), run in alternating
+//!   rounds with the backend row (`bench::run_paired`) so that moto's drift
+//!   moves both alike; the report adds the median of the per-round p50
+//!   ratios;
 //! - `update cN backend`: OnUpdate to the next revision, each worker on its
 //!   own TypeInstance;
-//! - `update cN direct`: the three S3 calls the backend makes for one
-//!   OnUpdate (GetObject of the head, PutObject of the head with If-Match,
-//!   create-only PutObject of the revision), made directly, in alternating
-//!   rounds with the backend row like the get rows;
+//! - `update cN direct`: the four S3 calls the backend makes for one
+//!   OnUpdate (GetObject of the head, the claim: PutObject of the head with
+//!   If-Match, create-only PutObject of the revision, the commit: PutObject
+//!   of the head with If-Match), made directly, in alternating rounds with
+//!   the backend row like the get rows;
 //! - `update cN put-only`: one create-only PutObject of a new key, the
 //!   cheapest write S3 has, which alone could not keep the contract (no
 //!   lock check, no atomic claim of the revision).
@@ -79,29 +81,49 @@ async fn get_object(s3: &Client, key: &str) -> Result<(Bytes, String), String> {
     Ok((body.into_bytes(), etag))
 }
 
-/// GetObject of revision 1 of each of `ids` in turn, as the backend makes
-/// it for GetValue.
+/// The life a head names.
+fn life_of(key: &str, body: &[u8]) -> Result<String, String> {
+    let head: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("{key}: {e}"))?;
+    head["life"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{key} names no life"))
+}
+
+/// The head then revision 1 of each of `ids` in turn, as the backend reads
+/// them for GetValue.
 fn get_object_cycling(s3: &Arc<Client>, ids: &Arc<[String]>) -> CyclingOp {
     let s3 = Arc::clone(s3);
     bench::harness::cycling(ids, move |id| {
-        let (s3, key) = (Arc::clone(&s3), format!("{PREFIX}/{id}/rev/1"));
-        async move { get_object(&s3, &key).await.map(drop) }
+        let (s3, head_key) = (Arc::clone(&s3), format!("{PREFIX}/{id}/head"));
+        let base = format!("{PREFIX}/{id}");
+        async move {
+            let (body, _) = get_object(&s3, &head_key).await?;
+            let life = life_of(&head_key, &body)?;
+            get_object(&s3, &format!("{base}/{life}/1")).await.map(drop)
+        }
     })
 }
 
 /// PutObject create-only (`etag` None) or with If-Match; returns the ETag.
+/// Revision objects carry their epoch (`epoch`) as the backend writes them.
 async fn put_object(
     s3: &Client,
     key: &str,
     body: Bytes,
     etag: Option<&str>,
+    epoch: Option<u64>,
 ) -> Result<String, String> {
-    let req = s3
+    let mut req = s3
         .put_object()
         .bucket(BUCKET)
         .key(key)
         .body(ByteStream::from(body))
         .tagging("managed-by=capact-storage");
+    if let Some(e) = epoch {
+        req = req.metadata("capact-epoch", e.to_string());
+    }
     let req = match etag {
         Some(e) => req.if_match(e),
         None => req.if_none_match("*"),
@@ -112,11 +134,31 @@ async fn put_object(
         .map_err(|e| format!("put {key}: {e}"))
 }
 
-fn head_body(latest: u64) -> Bytes {
-    Bytes::from(format!(
-        "{{\"managed_by\":\"capact-storage\",\"latest\":{latest},\"lock\":null,\"deleting\":false,\"write\":\"{}\"}}",
-        uuid::Uuid::new_v4().simple()
-    ))
+/// A head as the backend writes it; `claim` records a write of that
+/// revision in progress.
+fn head_body(life: &str, latest: u64, claim: Option<u64>) -> Bytes {
+    let mut head = serde_json::json!({
+        "managed_by": "capact-storage",
+        "life": life,
+        "latest": latest,
+        "lock": null,
+        "epoch": 0,
+        "write": uuid::Uuid::new_v4().simple().to_string(),
+    });
+    if let Some(rev) = claim {
+        head["intent"] = serde_json::json!({
+            "kind": "write",
+            "rev": rev,
+            "nonce": uuid::Uuid::new_v4().simple().to_string(),
+            "since": 0,
+        });
+    }
+    Bytes::from(head.to_string())
+}
+
+/// A life name as the backend makes them (16 hex characters).
+fn new_life() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..16].to_owned()
 }
 
 async fn bench_all() -> Result<Report, String> {
@@ -210,19 +252,22 @@ async fn bench_all() -> Result<Report, String> {
         let stats = bench::run(
             move |seq| {
                 let (s3, v, key) = (Arc::clone(&s3), v.clone(), format!("{base}/{seq}"));
-                async move { put_object(&s3, &key, v, None).await.map(drop) }
+                async move { put_object(&s3, &key, v, None, None).await.map(drop) }
             },
             &options(concurrency, UPDATE_OPS),
         )
         .await?;
         report.row(&name, checked(&name, stats)?);
 
-        // Direct: the backend's three calls, each worker on its own head.
+        // Direct: the backend's four calls, each worker on its own head.
         let mut slots = Vec::new();
         for i in 0..concurrency {
-            let base = format!("bench-direct3/{run_id}-c{concurrency}-{i}");
-            put_object(&direct, &format!("{base}/head"), head_body(1), None).await?;
-            put_object(&direct, &format!("{base}/rev/1"), value.clone(), None).await?;
+            let base = format!("bench-direct4/{run_id}-c{concurrency}-{i}");
+            let life = new_life();
+            let head = head_body(&life, 1, None);
+            put_object(&direct, &format!("{base}/head"), head, None, None).await?;
+            let rev1 = format!("{base}/{life}/1");
+            put_object(&direct, &rev1, value.clone(), None, Some(0)).await?;
             slots.push(base);
         }
         let pool = Pool::new(slots);
@@ -231,7 +276,7 @@ async fn bench_all() -> Result<Report, String> {
             let (s3, pool, v) = (Arc::clone(&s3), Arc::clone(&pool), v.clone());
             async move {
                 let base = pool.take()?;
-                let result = three_calls(&s3, &base, v).await;
+                let result = four_calls(&s3, &base, v).await;
                 pool.give(base);
                 result
             }
@@ -278,8 +323,8 @@ async fn bench_all() -> Result<Report, String> {
 
 /// What the backend does for one OnUpdate of a new revision, as plain
 /// aws-sdk-s3 calls: read the head, claim the revision in it (If-Match),
-/// write the revision create-only.
-async fn three_calls(s3: &Client, base: &str, value: Bytes) -> Result<(), String> {
+/// write the revision create-only, commit it in the head (If-Match).
+async fn four_calls(s3: &Client, base: &str, value: Bytes) -> Result<(), String> {
     let head_key = format!("{base}/head");
     let (body, etag) = get_object(s3, &head_key).await?;
     let head: serde_json::Value =
@@ -287,8 +332,18 @@ async fn three_calls(s3: &Client, base: &str, value: Bytes) -> Result<(), String
     let latest = head["latest"]
         .as_u64()
         .ok_or_else(|| format!("{head_key} has no latest"))?;
+    let life = life_of(&head_key, &body)?;
     let next = latest + 1;
-    put_object(s3, &head_key, head_body(next), Some(&etag)).await?;
-    put_object(s3, &format!("{base}/rev/{next}"), value, None).await?;
+    let claim = head_body(&life, latest, Some(next));
+    let etag = put_object(s3, &head_key, claim, Some(&etag), None).await?;
+    put_object(s3, &format!("{base}/{life}/{next}"), value, None, Some(0)).await?;
+    put_object(
+        s3,
+        &head_key,
+        head_body(&life, next, None),
+        Some(&etag),
+        None,
+    )
+    .await?;
     Ok(())
 }

@@ -1,8 +1,10 @@
-//! The S3 calls the backend makes, each wrapped in `metrics::store_call`, with
-//! S3's answers turned into what the backend needs: a missing key is `None`,
-//! a failed precondition is [`Written::Conflict`], everything else an
-//! [`Error`] whose message names the bucket and key, never a value.
+//! The S3 side of the backend: [`Bucket`], the S3 calls it makes (each
+//! wrapped in `metrics::store_call`, S3's answers turned into what the
+//! engine needs: a missing key is `None`, a failed precondition is
+//! [`Written::Conflict`], everything else an [`Error`] naming the bucket and
+//! key, never a value), and [`S3Store`], the engine's [`HeadStore`] over it.
 
+use async_trait::async_trait;
 use aws_sdk_s3::{
     Client,
     error::{ProvideErrorMetadata, SdkError},
@@ -11,7 +13,20 @@ use aws_sdk_s3::{
     types::{Delete, ObjectIdentifier, ServerSideEncryption},
 };
 use bytes::Bytes;
-use shared::{Error, ErrorKind, Result, metrics::store_call};
+use serde_json::Value as Json;
+use shared::{
+    Describe, Error, ErrorKind, Result, TypeInstanceId, Value,
+    engine::{Head, HeadStore, Slot, Stored, head},
+    metrics::store_call,
+};
+
+/// S3's limit for one PutObject is 5 GiB; the gRPC message limit and
+/// `APP_MAX_VALUE_BYTES` lower it in practice.
+const MAX_VALUE_BYTES: u64 = 5 << 30;
+
+/// User metadata key (`x-amz-meta-capact-epoch`) of a revision object's
+/// epoch: GetObject returns it with the body, in the same call.
+const EPOCH_META: &str = "capact-epoch";
 
 /// Server-side encryption requested on every object we write.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,10 +58,11 @@ pub enum Written {
     Conflict,
 }
 
-/// An object read: body and ETag.
+/// An object read: body, ETag and the epoch from its metadata, if any.
 pub struct Read {
     pub body: Bytes,
     pub etag: String,
+    pub epoch: Option<String>,
 }
 
 /// One bucket, as the backend uses it.
@@ -160,6 +176,7 @@ impl Bucket {
                 Err(e) => return Err(self.error("GetObject", key, e)),
             };
             let etag = out.e_tag().unwrap_or_default().to_owned();
+            let epoch = out.metadata().and_then(|m| m.get(EPOCH_META)).cloned();
             let body = out.body.collect().await.map_err(|e| {
                 Error::unavailable(format!(
                     "s3 GetObject of {}/{key}: the body could not be read",
@@ -170,13 +187,21 @@ impl Bucket {
             Ok(Some(Read {
                 body: body.into_bytes(),
                 etag,
+                epoch,
             }))
         })
         .await
     }
 
-    /// PutObject with a precondition, our tags and encryption.
-    pub async fn put(&self, key: &str, body: Bytes, cond: Cond<'_>) -> Result<Written> {
+    /// PutObject with a precondition, our tags and encryption, and the
+    /// epoch (revision objects) in the metadata.
+    pub async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        cond: Cond<'_>,
+        epoch: Option<u64>,
+    ) -> Result<Written> {
         store_call("put_object", async {
             let mut req = self
                 .client
@@ -191,6 +216,9 @@ impl Bucket {
             };
             if let Some(tags) = &self.tagging {
                 req = req.tagging(tags);
+            }
+            if let Some(epoch) = epoch {
+                req = req.metadata(EPOCH_META, epoch.to_string());
             }
             req = match &self.sse {
                 Sse::BucketDefault => req,
@@ -289,66 +317,46 @@ impl Bucket {
         .await
     }
 
-    /// Removes `keys` (batches of DeleteObjects); with `purge_versions`, every
-    /// stored version and delete marker of them too. A missing key is fine.
-    pub async fn remove(&self, keys: &[String]) -> Result<()> {
-        let mut targets: Vec<(String, Option<String>)> = Vec::new();
-        if self.purge_versions {
-            for key in keys {
-                // The listing is by prefix: keep exactly this key's versions.
-                targets.extend(
-                    self.versions(key)
-                        .await?
-                        .into_iter()
-                        .filter(|(k, _)| k == key),
-                );
-            }
-        } else {
-            targets.extend(keys.iter().map(|k| (k.clone(), None)));
+    /// Removes `key` (DeleteObject); with `purge_versions`, every stored
+    /// version and delete marker of it instead. Gone already is success.
+    pub async fn remove(&self, key: &str) -> Result<()> {
+        if !self.purge_versions {
+            return store_call("delete_object", async {
+                match self
+                    .client
+                    .delete_object()
+                    .bucket(&self.name)
+                    .key(key)
+                    .send()
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    // S3 answers 204 for a missing key; some compatible stores 404.
+                    Err(e) if shared_aws::code(&e) == Some("NoSuchKey") => Ok(()),
+                    Err(e) => Err(self.error("DeleteObject", key, e)),
+                }
+            })
+            .await;
         }
+        // The listing is by prefix: keep exactly this key's versions. Nothing
+        // listed means nothing to remove; a plain DELETE would only leave a
+        // delete marker behind on a versioned bucket.
+        let targets: Vec<_> = self
+            .versions(key)
+            .await?
+            .into_iter()
+            .filter(|(k, _)| k == key)
+            .collect();
         for batch in targets.chunks(1000) {
             self.delete_batch(batch).await?;
         }
         Ok(())
     }
 
-    /// Removes every object (and, with `purge_versions`, every version) under
-    /// `prefix` except `last`, then `last`.
-    pub async fn remove_prefix(&self, prefix: &str, last: &str) -> Result<()> {
-        let mut targets: Vec<(String, Option<String>)> = if self.purge_versions {
-            self.versions(prefix).await?
-        } else {
-            self.list(prefix)
-                .await?
-                .into_iter()
-                .map(|k| (k, None))
-                .collect()
-        };
-        // The head goes last: while it exists a retry can finish the removal.
-        targets.sort_by_key(|(k, _)| k == last);
-        let split = targets
-            .iter()
-            .position(|(k, _)| k == last)
-            .unwrap_or(targets.len());
-        let (body, head) = targets.split_at(split);
-        for batch in body.chunks(1000) {
-            self.delete_batch(batch).await?;
-        }
-        if head.is_empty() {
-            // Not listed (e.g. a listing lagging behind): delete it by name.
-            return self.remove(&[last.to_owned()]).await;
-        }
-        for batch in head.chunks(1000) {
-            self.delete_batch(batch).await?;
-        }
-        Ok(())
-    }
-
     async fn delete_batch(&self, batch: &[(String, Option<String>)]) -> Result<()> {
-        if batch.is_empty() {
+        let Some((first, _)) = batch.first() else {
             return Ok(());
-        }
-        let first = batch[0].0.clone();
+        };
         store_call("delete_objects", async {
             let objects = batch
                 .iter()
@@ -372,10 +380,10 @@ impl Bucket {
                 .delete(delete)
                 .send()
                 .await
-                .map_err(|e| self.error("DeleteObjects", &first, e))?;
+                .map_err(|e| self.error("DeleteObjects", first, e))?;
             // Per-key failures come back in a 200 answer.
             if let Some(err) = out.errors().iter().find(|e| e.code() != Some("NoSuchKey")) {
-                let key = err.key().unwrap_or(&first);
+                let key = err.key().unwrap_or(first);
                 let msg = format!("s3 DeleteObjects of {}/{key} failed", self.name);
                 let source = format!(
                     "{}: {}",
@@ -397,6 +405,200 @@ impl Bucket {
             Ok(())
         })
         .await
+    }
+}
+
+/// The engine's store: heads at `<prefix>/<id>/head`, revisions at
+/// `<prefix>/<id>/<life>/<n>` (`rev/<n>` for heads written before lives).
+pub struct S3Store {
+    bucket: Bucket,
+    prefix: String,
+}
+
+/// The head's JSON plus a fresh `write` field: two heads with equal content
+/// must never share an ETag, or a stale If-Match could succeed.
+fn head_body(head: &Head) -> Result<Bytes> {
+    let mut map = head.to_map();
+    map.insert(
+        "write".to_owned(),
+        Json::String(uuid::Uuid::new_v4().simple().to_string()),
+    );
+    serde_json::to_vec(&Json::Object(map))
+        .map(Bytes::from)
+        .map_err(|e| Error::internal("encoding the head failed").with_source(e))
+}
+
+impl S3Store {
+    pub fn new(bucket: Bucket, prefix: String) -> Self {
+        S3Store { bucket, prefix }
+    }
+
+    pub fn bucket(&self) -> &Bucket {
+        &self.bucket
+    }
+
+    fn base(&self, id: &TypeInstanceId) -> String {
+        if self.prefix.is_empty() {
+            format!("{id}/")
+        } else {
+            format!("{}/{id}/", self.prefix)
+        }
+    }
+
+    fn head_key(&self, id: &TypeInstanceId) -> String {
+        format!("{}head", self.base(id))
+    }
+
+    fn life_prefix(&self, id: &TypeInstanceId, life: &str) -> String {
+        if life.is_empty() {
+            format!("{}rev/", self.base(id))
+        } else {
+            format!("{}{life}/", self.base(id))
+        }
+    }
+
+    fn rev_key(&self, at: Slot<'_>) -> String {
+        format!("{}{}", self.life_prefix(at.id, at.life), at.rev)
+    }
+
+    fn what(&self, key: &str) -> String {
+        format!("{}/{key}", self.bucket.name)
+    }
+}
+
+#[async_trait]
+impl HeadStore for S3Store {
+    fn describe(&self) -> Describe {
+        Describe {
+            name: "s3",
+            version: env!("CARGO_PKG_VERSION"),
+            accept_value: true,
+            context_schema: None,
+            context_required: false,
+            max_value_bytes: MAX_VALUE_BYTES,
+        }
+    }
+
+    /// HeadBucket on the configured bucket.
+    async fn probe(&self) -> Result<()> {
+        self.bucket.head_bucket().await
+    }
+
+    async fn read_head(&self, id: &TypeInstanceId) -> Result<Option<(Head, String)>> {
+        let key = self.head_key(id);
+        let Some(read) = self.bucket.get(&key).await? else {
+            return Ok(None);
+        };
+        let head = head::decode("s3 object", &self.what(&key), &read.body)?;
+        // The life becomes part of keys: anything but our hex tokens would
+        // reach outside this TypeInstance's own objects.
+        if !head.life.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(head::foreign("s3 object", &self.what(&key)));
+        }
+        Ok(Some((head, read.etag)))
+    }
+
+    async fn create_head(&self, id: &TypeInstanceId, head: &Head) -> Result<Option<String>> {
+        let key = self.head_key(id);
+        match self
+            .bucket
+            .put(&key, head_body(head)?, Cond::Create, None)
+            .await?
+        {
+            Written::Ok(tag) => Ok(Some(tag)),
+            Written::Conflict => Ok(None),
+        }
+    }
+
+    async fn replace_head(
+        &self,
+        id: &TypeInstanceId,
+        head: &Head,
+        tag: &str,
+    ) -> Result<Option<String>> {
+        let key = self.head_key(id);
+        match self
+            .bucket
+            .put(&key, head_body(head)?, Cond::Match(tag), None)
+            .await?
+        {
+            Written::Ok(tag) => Ok(Some(tag)),
+            Written::Conflict => Ok(None),
+        }
+    }
+
+    /// Unconditional (S3 has no conditional delete on every store): the
+    /// engine marks the head deleted by If-Match first.
+    async fn remove_head(&self, id: &TypeInstanceId, _tag: &str) -> Result<()> {
+        self.bucket.remove(&self.head_key(id)).await
+    }
+
+    async fn read_revision(&self, at: Slot<'_>) -> Result<Option<Stored>> {
+        let key = self.rev_key(at);
+        let Some(read) = self.bucket.get(&key).await? else {
+            return Ok(None);
+        };
+        // Objects written before epochs carry none: epoch 0.
+        let epoch = match read.epoch.as_deref() {
+            None => 0,
+            Some(e) => e.parse().map_err(|_| {
+                Error::data_loss(format!(
+                    "s3 object {} has an unreadable epoch",
+                    self.what(&key)
+                ))
+            })?,
+        };
+        Ok(Some(Stored {
+            value: read.body,
+            epoch,
+            tag: read.etag,
+        }))
+    }
+
+    async fn write_revision(
+        &self,
+        at: Slot<'_>,
+        value: &Value,
+        epoch: u64,
+        replace: Option<&str>,
+    ) -> Result<bool> {
+        let cond = match replace {
+            Some(tag) => Cond::Match(tag),
+            None => Cond::Create,
+        };
+        let written = self
+            .bucket
+            .put(
+                &self.rev_key(at),
+                value.clone().into_bytes(),
+                cond,
+                Some(epoch),
+            )
+            .await?;
+        Ok(matches!(written, Written::Ok(_)))
+    }
+
+    async fn remove_revision(&self, at: Slot<'_>) -> Result<()> {
+        self.bucket.remove(&self.rev_key(at)).await
+    }
+
+    async fn list_revisions(
+        &self,
+        id: &TypeInstanceId,
+        life: &str,
+        _upto: u32,
+    ) -> Result<Vec<u32>> {
+        let prefix = self.life_prefix(id, life);
+        let keys = self.bucket.list(&prefix).await?;
+        // Only plain numbers (as `rev_key` writes them) are ours; anything
+        // else under the prefix is left alone.
+        Ok(keys
+            .iter()
+            .filter_map(|k| k.strip_prefix(&prefix))
+            .filter(|k| !k.starts_with('0') && k.bytes().all(|b| b.is_ascii_digit()))
+            .filter_map(|k| k.parse::<u32>().ok())
+            .filter(|n| *n > 0)
+            .collect())
     }
 }
 
@@ -464,5 +666,56 @@ mod tests {
     #[test]
     fn an_unexpected_client_error_is_internal() {
         assert_eq!(kind(400, "InvalidArgument"), ErrorKind::Internal);
+    }
+
+    #[test]
+    fn equal_heads_never_share_a_body_and_still_decode() -> Result<()> {
+        let h = Head {
+            life: "00000000000000ab".into(),
+            latest: 3,
+            lock: Some("o".into()),
+            epoch: 1,
+            intent: None,
+        };
+        let (a, b) = (head_body(&h)?, head_body(&h)?);
+        assert_ne!(a, b, "equal heads must not share an etag");
+        assert_eq!(Head::from_json(&a), Some(h.clone()));
+        assert_eq!(Head::from_json(&b), Some(h));
+        Ok(())
+    }
+
+    fn store(prefix: &str) -> S3Store {
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .build();
+        S3Store::new(
+            Bucket {
+                client: Client::from_conf(conf),
+                name: "b".into(),
+                sse: Sse::BucketDefault,
+                tagging: None,
+                purge_versions: false,
+            },
+            prefix.into(),
+        )
+    }
+
+    #[test]
+    fn revisions_live_under_their_life_and_legacy_heads_keep_the_old_keys() -> Result<()> {
+        let id = TypeInstanceId::parse("ti")?;
+        let s = store("capact");
+        let at = |life| Slot {
+            id: &id,
+            life,
+            rev: 7,
+        };
+        assert_eq!(
+            s.rev_key(at("00000000000000ab")),
+            "capact/ti/00000000000000ab/7"
+        );
+        assert_eq!(s.rev_key(at("")), "capact/ti/rev/7");
+        assert_eq!(s.head_key(&id), "capact/ti/head");
+        assert_eq!(store("").head_key(&id), "ti/head");
+        Ok(())
     }
 }

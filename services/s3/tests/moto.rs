@@ -1,7 +1,8 @@
 //! The `s3-backend` binary against a real moto server: the conformance
-//! suite on a plain and a versioned bucket, the documented layout, ownership
-//! tags, encryption headers, version purging, a missing bucket at start, a
-//! foreign object at one of our keys, and an outage with recovery.
+//! suite on a plain and a versioned bucket, two processes racing on one
+//! bucket, the documented layout (and the previous version's layout),
+//! ownership tags, encryption headers, version purging, a missing bucket at
+//! start, a foreign object at one of our keys, and an outage with recovery.
 
 mod support;
 
@@ -86,6 +87,32 @@ async fn object(s3: &Client, bucket: &str, key: &str) -> Vec<u8> {
         .to_vec()
 }
 
+/// The key of revision `rev` of `id`: under the life its head names.
+async fn rev_key(s3: &Client, bucket: &str, id: &str, rev: u32) -> String {
+    let head: serde_json::Value =
+        serde_json::from_slice(&object(s3, bucket, &format!("{PREFIX}/{id}/head")).await)
+            .expect("head is json");
+    let life = head["life"].as_str().expect("the head names its life");
+    assert_eq!(life.len(), 16, "{head}");
+    format!("{PREFIX}/{id}/{life}/{rev}")
+}
+
+/// Keys of the current objects under `prefix`.
+async fn keys(s3: &Client, bucket: &str, prefix: &str) -> Vec<String> {
+    let out = s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .send()
+        .await
+        .expect("list objects");
+    out.contents()
+        .iter()
+        .filter_map(|o| o.key())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Every version and delete marker under `prefix`.
 async fn versions(s3: &Client, bucket: &str, prefix: &str) -> usize {
     let out = s3
@@ -127,6 +154,63 @@ async fn versioned_bucket_passes_the_conformance_suite_and_keeps_no_old_versions
     assert_eq!(versions(&s3, "versioned", &format!("{PREFIX}/")).await, 0);
 }
 
+/// Two processes on one bucket share nothing but S3: every fence holds
+/// through S3's conditional writes alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_backends_racing_on_one_bucket_never_violate_the_fence() {
+    let (moto, _s3) = moto_with_bucket("race", false).await;
+    let env = backend_env(&moto, "race", &[]);
+    let a = start_backend(&env).serving().await;
+    let b = start_backend(&env).serving().await;
+    testkit::assert_races_clean(&a.url, &b.url, 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn legacy_layout_written_by_the_previous_version_is_still_served() {
+    let (moto, s3) = moto_with_bucket("legacy", false).await;
+    let put = |key: &'static str, body: &'static [u8]| {
+        let s3 = s3.clone();
+        async move {
+            s3.put_object()
+                .bucket("legacy")
+                .key(key)
+                .body(body.to_vec().into())
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+        }
+    };
+    put(
+        "capact/leg-1/head",
+        br#"{"managed_by":"capact-storage","latest":2,"lock":null,"deleting":false,"write":"x"}"#,
+    )
+    .await;
+    put("capact/leg-1/rev/1", b"one").await;
+    put("capact/leg-1/rev/2", b"two").await;
+    let backend = start_backend(&backend_env(&moto, "legacy", &[]))
+        .serving()
+        .await;
+    assert_eq!(get(&backend, "leg-1", 1).await.expect("get 1"), b"one");
+    assert_eq!(get(&backend, "leg-1", 2).await.expect("get 2"), b"two");
+    update(&backend, "leg-1", 3, b"three")
+        .await
+        .expect("update");
+    assert_eq!(get(&backend, "leg-1", 3).await.expect("get 3"), b"three");
+    // A head without a life keeps its revisions at the old keys.
+    assert_eq!(object(&s3, "legacy", "capact/leg-1/rev/3").await, b"three");
+    delete(&backend, "leg-1").await.expect("delete");
+    assert_eq!(
+        keys(&s3, "legacy", "capact/leg-1/").await,
+        Vec::<String>::new()
+    );
+    let status = get(&backend, "leg-1", 1).await.expect_err("deleted");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "TypeInstance \"leg-1\" in revision 1 was not found"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn revisions_are_stored_one_object_each_with_the_exact_bytes_and_tags() {
     let (moto, s3) = moto_with_bucket("layout", false).await;
@@ -138,22 +222,36 @@ async fn revisions_are_stored_one_object_each_with_the_exact_bytes_and_tags() {
     update(&backend, "lay-1", 2, b"{\"b\":2}")
         .await
         .expect("update");
-    assert_eq!(object(&s3, "layout", "capact/lay-1/rev/1").await, v1);
-    assert_eq!(
-        object(&s3, "layout", "capact/lay-1/rev/2").await,
-        b"{\"b\":2}"
+    let (rev1, rev2) = (
+        rev_key(&s3, "layout", "lay-1", 1).await,
+        rev_key(&s3, "layout", "lay-1", 2).await,
     );
+    assert_eq!(object(&s3, "layout", &rev1).await, v1);
+    assert_eq!(object(&s3, "layout", &rev2).await, b"{\"b\":2}");
     let head: serde_json::Value =
         serde_json::from_slice(&object(&s3, "layout", "capact/lay-1/head").await)
             .expect("head is json");
     assert_eq!(head["latest"], 2);
     assert_eq!(head["managed_by"], "capact-storage");
     assert!(head["lock"].is_null());
-    for key in ["capact/lay-1/head", "capact/lay-1/rev/1"] {
+    assert!(head.get("intent").is_none(), "{head}");
+    // The epoch travels in the metadata, so GetValue reads it in one call.
+    let meta = s3
+        .head_object()
+        .bucket("layout")
+        .key(&rev2)
+        .send()
+        .await
+        .expect("head object");
+    assert_eq!(
+        meta.metadata().and_then(|m| m.get("capact-epoch")),
+        Some(&"0".to_owned())
+    );
+    for key in ["capact/lay-1/head".to_owned(), rev1] {
         let tags = s3
             .get_object_tagging()
             .bucket("layout")
-            .key(key)
+            .key(&key)
             .send()
             .await
             .expect("tagging");
@@ -182,11 +280,12 @@ async fn objects_carry_no_tags_when_tagging_is_off_and_the_multi_thread_runtime_
     .await;
     assert_clean(&conformance(&backend.url).await, MIN_CASES);
     create(&backend, "untag-1", b"{}").await.expect("create");
-    for key in ["capact/untag-1/head", "capact/untag-1/rev/1"] {
+    let rev1 = rev_key(&s3, "untagged", "untag-1", 1).await;
+    for key in ["capact/untag-1/head".to_owned(), rev1] {
         let tags = s3
             .get_object_tagging()
             .bucket("untagged")
-            .key(key)
+            .key(&key)
             .send()
             .await
             .expect("tagging");
@@ -202,11 +301,12 @@ async fn sse_s3_is_requested_on_every_object() {
         .await;
     create(&backend, "sse-1", b"secret").await.expect("create");
     assert_eq!(get(&backend, "sse-1", 1).await.expect("get"), b"secret");
-    for key in ["capact/sse-1/head", "capact/sse-1/rev/1"] {
+    let rev1 = rev_key(&s3, "sse-s3", "sse-1", 1).await;
+    for key in ["capact/sse-1/head".to_owned(), rev1] {
         let h = s3
             .head_object()
             .bucket("sse-s3")
-            .key(key)
+            .key(&key)
             .send()
             .await
             .expect("head object");
@@ -237,7 +337,7 @@ async fn sse_kms_with_a_key_id_is_requested_on_every_object() {
     let h = s3
         .head_object()
         .bucket("sse-kms")
-        .key("capact/kms-1/rev/2")
+        .key(rev_key(&s3, "sse-kms", "kms-1", 2).await)
         .send()
         .await
         .expect("head object");
@@ -381,8 +481,9 @@ async fn refused_credentials_give_permission_denied_naming_the_object() {
     enforce_auth(&moto);
     let status = get(&backend, "denied-1", 1).await.expect_err("refused");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    // GetValue reads the head first.
     assert!(
-        status.message().contains("denied/capact/denied-1/rev/1"),
+        status.message().contains("denied/capact/denied-1/head"),
         "{}",
         status.message()
     );

@@ -20,7 +20,15 @@ pub const MANAGED_BY: &str = "capact-storage";
 pub enum Intent {
     /// Revision `rev` is being written by the holder of `nonce`; it is not
     /// visible until the commit clears this and raises `latest`.
-    Write { rev: u32, nonce: String, since: u64 },
+    /// `digest` names the bytes, so that the retry of the same call can
+    /// adopt the claim at once instead of waiting for its lease.
+    Write {
+        rev: u32,
+        nonce: String,
+        #[serde(default)]
+        digest: String,
+        since: u64,
+    },
     /// Revision `rev` is gone (readers answer NOT_FOUND); its object is
     /// being removed.
     DeleteRevision { rev: u32, since: u64 },
@@ -87,7 +95,7 @@ struct Wire {
 
 impl Head {
     /// A fresh life whose first revision `nonce` is about to write.
-    pub fn new_life(life: String, nonce: String, since: u64) -> Self {
+    pub fn new_life(life: String, nonce: String, digest: String, since: u64) -> Self {
         Head {
             life,
             latest: 0,
@@ -96,6 +104,7 @@ impl Head {
             intent: Some(Intent::Write {
                 rev: 1,
                 nonce,
+                digest,
                 since,
             }),
         }
@@ -196,7 +205,8 @@ mod tests {
         let head = Head::from_json(vault).expect("legacy head");
         assert_eq!(head.life, "");
         assert_eq!(head.intent, Some(Intent::Delete { since: 0 }));
-        let sm = br#"{"managed_by":"capact-storage","state":"live","latest":3,"lock":"a","high":3}"#;
+        let sm =
+            br#"{"managed_by":"capact-storage","state":"live","latest":3,"lock":"a","high":3}"#;
         let head = Head::from_json(sm).expect("legacy sm head");
         assert!(head.is_live());
         assert_eq!(head.lock.as_deref(), Some("a"));

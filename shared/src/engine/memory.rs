@@ -59,7 +59,8 @@ impl<const COND: bool> MemoryStore<COND> {
 
     /// Yield 0–3 times around each call, drawn from `seed`.
     pub fn with_shuffle(self, seed: u64) -> Self {
-        *self.shuffle.lock().unwrap_or_else(|p| p.into_inner()) = Some(fastrand::Rng::with_seed(seed));
+        *self.shuffle.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(fastrand::Rng::with_seed(seed));
         self
     }
 
@@ -169,7 +170,12 @@ impl<const COND: bool> HeadStore for MemoryStore<COND> {
         Ok(out)
     }
 
-    async fn replace_head(&self, id: &TypeInstanceId, head: &Head, tag: &str) -> Result<Option<String>> {
+    async fn replace_head(
+        &self,
+        id: &TypeInstanceId,
+        head: &Head,
+        tag: &str,
+    ) -> Result<Option<String>> {
         self.enter().await?;
         let v = self.next_version();
         let out = {
@@ -190,7 +196,10 @@ impl<const COND: bool> HeadStore for MemoryStore<COND> {
         self.enter().await?;
         {
             let mut c = self.lock();
-            let matches = c.heads.get(id.as_str()).is_some_and(|e| e.1 == parse_tag(tag));
+            let matches = c
+                .heads
+                .get(id.as_str())
+                .is_some_and(|e| e.1 == parse_tag(tag));
             if matches || !COND {
                 c.heads.remove(id.as_str());
             }
@@ -201,16 +210,26 @@ impl<const COND: bool> HeadStore for MemoryStore<COND> {
 
     async fn read_revision(&self, at: Slot<'_>) -> Result<Option<Stored>> {
         self.enter().await?;
-        let out = self.lock().objects.get(&Self::key(&at)).map(|(b, e, v)| Stored {
-            value: b.clone(),
-            epoch: *e,
-            tag: v.to_string(),
-        });
+        let out = self
+            .lock()
+            .objects
+            .get(&Self::key(&at))
+            .map(|(b, e, v)| Stored {
+                value: b.clone(),
+                epoch: *e,
+                tag: v.to_string(),
+            });
         self.shuffle().await;
         Ok(out)
     }
 
-    async fn write_revision(&self, at: Slot<'_>, value: &Value, epoch: u64, replace: Option<&str>) -> Result<bool> {
+    async fn write_revision(
+        &self,
+        at: Slot<'_>,
+        value: &Value,
+        epoch: u64,
+        replace: Option<&str>,
+    ) -> Result<bool> {
         self.enter().await?;
         let v = self.next_version();
         let out = {
@@ -238,7 +257,12 @@ impl<const COND: bool> HeadStore for MemoryStore<COND> {
         Ok(())
     }
 
-    async fn list_revisions(&self, id: &TypeInstanceId, life: &str, _upto: u32) -> Result<Vec<u32>> {
+    async fn list_revisions(
+        &self,
+        id: &TypeInstanceId,
+        life: &str,
+        _upto: u32,
+    ) -> Result<Vec<u32>> {
         self.enter().await?;
         let out = self
             .lock()

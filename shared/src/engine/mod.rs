@@ -33,8 +33,8 @@ use serde_json::Value as Json;
 pub use head::{Head, Intent, MANAGED_BY};
 
 use crate::{
-    Backend, Context, Describe, Error, Owner, Result, Revision, TypeInstanceId, Value, ValueBackend,
-    config::ServerConfig,
+    Backend, Context, Describe, Error, Owner, Result, Revision, TypeInstanceId, Value,
+    ValueBackend, config::ServerConfig,
 };
 
 /// Where one revision object lives.
@@ -90,8 +90,12 @@ pub trait HeadStore: Send + Sync + 'static {
 
     /// Replaces the head if its version is still `tag`: the new tag, or
     /// `None` on a conflict (changed or removed).
-    async fn replace_head(&self, id: &TypeInstanceId, head: &Head, tag: &str)
-    -> Result<Option<String>>;
+    async fn replace_head(
+        &self,
+        id: &TypeInstanceId,
+        head: &Head,
+        tag: &str,
+    ) -> Result<Option<String>>;
 
     /// Removes the head; only at `tag` if [`Self::CONDITIONAL_HEAD_REMOVAL`].
     /// Gone already is success.
@@ -118,7 +122,12 @@ pub trait HeadStore: Send + Sync + 'static {
     async fn list_revisions(&self, id: &TypeInstanceId, life: &str, upto: u32) -> Result<Vec<u32>>;
 
     /// The highest revision below `rev` with an object.
-    async fn highest_below(&self, id: &TypeInstanceId, life: &str, rev: u32) -> Result<Option<u32>> {
+    async fn highest_below(
+        &self,
+        id: &TypeInstanceId,
+        life: &str,
+        rev: u32,
+    ) -> Result<Option<u32>> {
         let revs = self.list_revisions(id, life, rev.saturating_sub(1)).await?;
         Ok(revs.into_iter().filter(|r| *r < rev).max())
     }
@@ -223,6 +232,17 @@ fn token() -> String {
     format!("{:016x}", fastrand::u64(..))
 }
 
+/// Names a value's bytes in a claim (not a secret: 128 bits of SHA-256).
+fn digest(value: &Value) -> String {
+    use sha2::Digest as _;
+    hex::encode(&sha2::Sha256::digest(value.as_bytes())[..16])
+}
+
+/// Whether `h` holds a claim of `rev` for these bytes, by any call.
+fn claimed_for(h: &Head, rev: u32, digest: &str) -> bool {
+    matches!(&h.intent, Some(Intent::Write { rev: r, digest: d, .. }) if *r == rev && d == digest)
+}
+
 /// Whether `h` is a claim of `rev` by `nonce`.
 fn claimed_by(h: &Head, rev: u32, nonce: &str) -> bool {
     matches!(&h.intent, Some(Intent::Write { rev: r, nonce: n, .. }) if *r == rev && n == nonce)
@@ -276,16 +296,33 @@ impl<S: HeadStore> Engine<S> {
         }
     }
 
-    /// The live head, or NOT_FOUND (`rev` picks the wording).
-    async fn live(&self, id: &TypeInstanceId, rev: Option<u32>) -> Result<(Head, String)> {
+    /// The live head, or NOT_FOUND (`rev` picks the wording). Reads stop
+    /// there; a state change first finishes a delete that stopped part-way
+    /// (always safe: its life is dead), so nothing of it lingers.
+    async fn live(
+        &self,
+        id: &TypeInstanceId,
+        rev: Option<u32>,
+        write: bool,
+    ) -> Result<(Head, String)> {
         let gone = || match rev {
             Some(r) => rules::revision_not_found(id, r),
             None => rules::not_found(id),
         };
         match self.store.read_head(id).await? {
             Some((h, tag)) if h.is_live() => Ok((h, tag)),
+            Some((h, tag)) if write && matches!(h.intent, Some(Intent::Delete { .. })) => {
+                self.finish_delete(id, h, tag).await?;
+                Err(gone())
+            }
             _ => Err(gone()),
         }
+    }
+
+    /// Whether the head is still at `tag` (a decision made on an absent
+    /// object holds only if nothing changed since the head was read).
+    async fn unchanged(&self, id: &TypeInstanceId, tag: &str) -> Result<bool> {
+        Ok(matches!(self.store.read_head(id).await?, Some((_, t)) if t == tag))
     }
 
     /// Removes every object of life `life`: safe at any time once the
@@ -301,6 +338,9 @@ impl<S: HeadStore> Engine<S> {
     /// Finishes a delete recorded in `head` (at `tag`): objects, then head.
     async fn finish_delete(&self, id: &TypeInstanceId, head: Head, tag: String) -> Result<()> {
         self.purge(id, &head.life, head.latest.max(1)).await?;
+        // The projection goes before the head, so a retry (which finds the
+        // head) still removes it.
+        self.store.project(id, None).await?;
         if S::CONDITIONAL_HEAD_REMOVAL {
             self.store.remove_head(id, &tag).await?;
         } else {
@@ -315,7 +355,7 @@ impl<S: HeadStore> Engine<S> {
                 self.store.remove_head(id, &tag).await?;
             }
         }
-        self.store.project(id, None).await
+        Ok(())
     }
 
     /// Finishes the removal of revision `rev` recorded in `head` (at `tag`).
@@ -371,13 +411,32 @@ impl<S: HeadStore> Engine<S> {
         }
     }
 
-    /// Completes another call's intent whose lease has expired, so that
-    /// this call can go on. Returns whether anything was done.
+    /// Completes or clears another call's intent whose lease has expired,
+    /// so that this call can go on. Returns whether the head changed.
     async fn take_over(&self, id: &TypeInstanceId, head: &Head, tag: &str) -> Result<bool> {
         match &head.intent {
             Some(i @ Intent::DeleteRevision { rev, .. }) if self.stale(i) => {
                 self.finish_delete_revision(id, head.clone(), tag.to_owned(), *rev)
                     .await?;
+                Ok(true)
+            }
+            Some(i @ Intent::Write { rev, digest, .. }) if self.stale(i) => {
+                // Adopt the dead claim first, so that no one else acts on
+                // it, then remove what it may have written: an object left
+                // above `latest` would become visible with a later commit.
+                let nonce = token();
+                let adopted = Head {
+                    intent: Some(Intent::Write {
+                        rev: *rev,
+                        nonce: nonce.clone(),
+                        digest: digest.clone(),
+                        since: self.now(),
+                    }),
+                    ..head.clone()
+                };
+                if let Some(tag) = self.store.replace_head(id, &adopted, tag).await? {
+                    self.abandon(id, adopted, tag, *rev, &nonce).await?;
+                }
                 Ok(true)
             }
             _ => Ok(false),
@@ -390,18 +449,29 @@ impl<S: HeadStore> Engine<S> {
     async fn write_and_commit(
         &self,
         id: &TypeInstanceId,
-        mut head: Head,
-        mut tag: String,
-        rev: u32,
-        nonce: &str,
+        (mut head, mut tag): (Head, String),
+        (rev, nonce): (u32, &str),
         value: &Value,
         owner: Option<&Owner>,
     ) -> Result<Commit> {
         let life = head.life.clone();
-        let slot = Slot { id, life: &life, rev };
+        let slot = Slot {
+            id,
+            life: &life,
+            rev,
+        };
         let mut written = false;
         for attempt in self.attempts() {
             self.backoff(attempt).await;
+            // Create-only first: the common case costs one call.
+            if self
+                .store
+                .write_revision(slot, value, head.epoch, None)
+                .await?
+            {
+                written = true;
+                break;
+            }
             let done = match self.store.read_revision(slot).await? {
                 Some(s) if s.value == value.as_bytes() => true,
                 // Left by an earlier claim of this revision that never
@@ -411,7 +481,7 @@ impl<S: HeadStore> Engine<S> {
                         .write_revision(slot, value, head.epoch, Some(&s.tag))
                         .await?
                 }
-                None => self.store.write_revision(slot, value, head.epoch, None).await?,
+                None => false,
             };
             if done {
                 written = true;
@@ -419,6 +489,7 @@ impl<S: HeadStore> Engine<S> {
             }
         }
         if !written {
+            self.abandon(id, head, tag, rev, nonce).await?;
             return Ok(Commit::Failed(rules::contended(id)));
         }
         for attempt in self.attempts() {
@@ -429,7 +500,9 @@ impl<S: HeadStore> Engine<S> {
                 ..head.clone()
             };
             if self.store.replace_head(id, &next, &tag).await?.is_some() {
-                self.store.project(id, Some((rev, value.as_bytes()))).await?;
+                self.store
+                    .project(id, Some((rev, value.as_bytes())))
+                    .await?;
                 return Ok(Commit::Done);
             }
             let Some((h, t)) = self.store.read_head(id).await? else {
@@ -443,19 +516,23 @@ impl<S: HeadStore> Engine<S> {
                 return Ok(Commit::Failed(rules::busy(id)));
             }
             if let Err(e) = rules::check_lock(id, h.lock.as_deref(), owner) {
-                // Locked by another owner since the claim: withdraw it; the
-                // object stays invisible and a later claim replaces it.
-                self.withdraw(id, h, t, rev, nonce).await?;
+                // Locked by another owner since the claim: nothing of this
+                // call may take effect now.
+                self.abandon(id, h, t, rev, nonce).await?;
                 return Ok(Commit::Failed(e));
             }
             head = h;
             tag = t;
         }
+        self.abandon(id, head, tag, rev, nonce).await?;
         Ok(Commit::Failed(rules::contended(id)))
     }
 
-    /// Clears our own claim after the change was refused.
-    async fn withdraw(
+    /// Gives up our own claim of `rev`: removes what we wrote (an object
+    /// left above `latest` would become visible with a later commit), then
+    /// clears the claim. A crash in between leaves a claim that expires and
+    /// is taken over the same way.
+    async fn abandon(
         &self,
         id: &TypeInstanceId,
         mut head: Head,
@@ -463,6 +540,13 @@ impl<S: HeadStore> Engine<S> {
         rev: u32,
         nonce: &str,
     ) -> Result<()> {
+        self.store
+            .remove_revision(Slot {
+                id,
+                life: &head.life,
+                rev,
+            })
+            .await?;
         for attempt in self.attempts() {
             self.backoff(attempt).await;
             let next = Head {
@@ -504,11 +588,16 @@ impl<S: HeadStore> Backend for Engine<S> {
     /// Head, then the object. The head says whether the revision is
     /// readable; an object written in a later epoch than that head was
     /// replaced after it was read, so the read starts over.
-    async fn get_value(&self, id: &TypeInstanceId, revision: Revision, _ctx: &Context) -> Result<Value> {
+    async fn get_value(
+        &self,
+        id: &TypeInstanceId,
+        revision: Revision,
+        _ctx: &Context,
+    ) -> Result<Value> {
         let rev = revision.get();
         for attempt in self.attempts() {
             self.backoff(attempt).await;
-            let (h, _) = self.live(id, Some(rev)).await?;
+            let (h, _) = self.live(id, Some(rev), false).await?;
             if rev > h.latest || deleting_revision(&h, rev) {
                 return Err(rules::revision_not_found(id, rev));
             }
@@ -530,11 +619,11 @@ impl<S: HeadStore> Backend for Engine<S> {
     }
 
     async fn get_locked_by(&self, id: &TypeInstanceId, _ctx: &Context) -> Result<Option<Owner>> {
-        let (h, _) = self.live(id, None).await?;
+        let (h, _) = self.live(id, None, false).await?;
         match h.lock {
-            Some(l) => Owner::parse(&l)
-                .map(Some)
-                .map_err(|_| Error::data_loss(format!("the lock of type instance {id} is corrupted"))),
+            Some(l) => Owner::parse(&l).map(Some).map_err(|_| {
+                Error::data_loss(format!("the lock of type instance {id} is corrupted"))
+            }),
             None => Ok(None),
         }
     }
@@ -542,7 +631,7 @@ impl<S: HeadStore> Backend for Engine<S> {
     async fn lock(&self, id: &TypeInstanceId, _ctx: &Context, owner: &Owner) -> Result<()> {
         for attempt in self.attempts() {
             self.backoff(attempt).await;
-            let (h, tag) = self.live(id, None).await?;
+            let (h, tag) = self.live(id, None, true).await?;
             if rules::lock_step(id, h.lock.as_deref(), owner)? == rules::LockStep::Held {
                 return Ok(());
             }
@@ -560,7 +649,7 @@ impl<S: HeadStore> Backend for Engine<S> {
     async fn unlock(&self, id: &TypeInstanceId, _ctx: &Context) -> Result<()> {
         for attempt in self.attempts() {
             self.backoff(attempt).await;
-            let (h, tag) = self.live(id, None).await?;
+            let (h, tag) = self.live(id, None, true).await?;
             if h.lock.is_none() {
                 return Ok(());
             }
@@ -575,27 +664,39 @@ impl<S: HeadStore> Backend for Engine<S> {
 
 #[async_trait]
 impl<S: HeadStore> ValueBackend for Engine<S> {
-    async fn create(&self, id: &TypeInstanceId, value: Value, _ctx: &Context) -> Result<Option<Json>> {
+    async fn create(
+        &self,
+        id: &TypeInstanceId,
+        value: Value,
+        _ctx: &Context,
+    ) -> Result<Option<Json>> {
         let nonce = token();
+        let dig = digest(&value);
         let mut busy = false;
         for attempt in self.attempts() {
             self.backoff(attempt).await;
-            let fresh = Head::new_life(token(), nonce.clone(), self.now());
+            let fresh = Head::new_life(token(), nonce.clone(), dig.clone(), self.now());
             let (head, tag) = match self.store.read_head(id).await? {
                 None => match self.store.create_head(id, &fresh).await? {
                     Some(tag) => (fresh, tag),
                     None => continue,
                 },
-                Some((h, _)) if h.is_live() => {
+                Some((h, tag)) if h.is_live() => {
                     let first = if h.latest == 1 {
-                        self.store
+                        let read = self
+                            .store
                             .read_revision(Slot {
                                 id,
                                 life: &h.life,
                                 rev: 1,
                             })
-                            .await?
-                            .filter(|s| s.epoch <= h.epoch)
+                            .await?;
+                        match read {
+                            Some(s) if s.epoch <= h.epoch => Some(s),
+                            // Changed since the head was read: look again.
+                            _ if !self.unchanged(id, &tag).await? => continue,
+                            _ => None,
+                        }
                     } else {
                         None
                     };
@@ -607,6 +708,23 @@ impl<S: HeadStore> ValueBackend for Engine<S> {
                     )?;
                     self.project_latest(id, &h).await?;
                     return Ok(None);
+                }
+                Some((h, tag)) if claimed_for(&h, 1, &dig) => {
+                    // A create of these very bytes never committed: this is
+                    // its retry (or an identical call); carry the claim on.
+                    let adopted = Head {
+                        intent: Some(Intent::Write {
+                            rev: 1,
+                            nonce: nonce.clone(),
+                            digest: dig.clone(),
+                            since: self.now(),
+                        }),
+                        ..h
+                    };
+                    match self.store.replace_head(id, &adopted, &tag).await? {
+                        Some(tag) => (adopted, tag),
+                        None => continue,
+                    }
                 }
                 Some((h, tag)) => {
                     // Not live: a delete (finish it: its life is dead),
@@ -636,11 +754,15 @@ impl<S: HeadStore> ValueBackend for Engine<S> {
                 }
             };
             let commit = self
-                .write_and_commit(id, head, tag, 1, &nonce, &value, None)
+                .write_and_commit(id, (head, tag), (1, &nonce), &value, None)
                 .await?;
             return Self::finish(commit);
         }
-        Err(if busy { rules::busy(id) } else { rules::contended(id) })
+        Err(if busy {
+            rules::busy(id)
+        } else {
+            rules::contended(id)
+        })
     }
 
     async fn update(
@@ -653,10 +775,11 @@ impl<S: HeadStore> ValueBackend for Engine<S> {
     ) -> Result<Option<Json>> {
         let rev = revision.get();
         let nonce = token();
+        let dig = digest(&value);
         let mut busy = false;
         for attempt in self.attempts() {
             self.backoff(attempt).await;
-            let (h, tag) = self.live(id, None).await?;
+            let (h, tag) = self.live(id, None, true).await?;
             let stored = if rev <= h.latest && !deleting_revision(&h, rev) {
                 match self
                     .store
@@ -668,6 +791,9 @@ impl<S: HeadStore> ValueBackend for Engine<S> {
                     .await?
                 {
                     Some(s) if s.epoch > h.epoch => continue,
+                    // A hole, or removed since the head was read: only an
+                    // unchanged head says which.
+                    None if !self.unchanged(id, &tag).await? => continue,
                     other => other,
                 }
             } else {
@@ -685,13 +811,18 @@ impl<S: HeadStore> ValueBackend for Engine<S> {
             if step == rules::UpdateStep::Done {
                 if rev == h.latest {
                     // A retry also completes the projection of the first try.
-                    self.store.project(id, Some((rev, value.as_bytes()))).await?;
+                    self.store
+                        .project(id, Some((rev, value.as_bytes())))
+                        .await?;
                 }
                 return Ok(None);
             }
             match &h.intent {
                 None => {}
-                Some(i @ Intent::Write { .. }) if self.stale(i) => {}
+                // The same bytes for the same revision: the retry of a call
+                // that failed part-way (or an identical call) carries its
+                // claim on, replacing the nonce.
+                Some(_) if claimed_for(&h, rev, &dig) => {}
                 Some(i) => {
                     if !self.stale(i) || !self.take_over(id, &h, &tag).await? {
                         busy = true;
@@ -703,6 +834,7 @@ impl<S: HeadStore> ValueBackend for Engine<S> {
                 intent: Some(Intent::Write {
                     rev,
                     nonce: nonce.clone(),
+                    digest: dig.clone(),
                     since: self.now(),
                 }),
                 ..h
@@ -711,14 +843,23 @@ impl<S: HeadStore> ValueBackend for Engine<S> {
                 continue;
             };
             let commit = self
-                .write_and_commit(id, claimed, tag, rev, &nonce, &value, owner)
+                .write_and_commit(id, (claimed, tag), (rev, &nonce), &value, owner)
                 .await?;
             return Self::finish(commit);
         }
-        Err(if busy { rules::busy(id) } else { rules::contended(id) })
+        Err(if busy {
+            rules::busy(id)
+        } else {
+            rules::contended(id)
+        })
     }
 
-    async fn delete(&self, id: &TypeInstanceId, _ctx: &Context, owner: Option<&Owner>) -> Result<()> {
+    async fn delete(
+        &self,
+        id: &TypeInstanceId,
+        _ctx: &Context,
+        owner: Option<&Owner>,
+    ) -> Result<()> {
         for attempt in self.attempts() {
             self.backoff(attempt).await;
             let Some((h, tag)) = self.store.read_head(id).await? else {
@@ -756,7 +897,7 @@ impl<S: HeadStore> ValueBackend for Engine<S> {
         let mut busy = false;
         for attempt in self.attempts() {
             self.backoff(attempt).await;
-            let (h, tag) = self.live(id, Some(rev)).await?;
+            let (h, tag) = self.live(id, Some(rev), true).await?;
             if deleting_revision(&h, rev) {
                 // Already gone; a retry after a crash finishes the removal.
                 self.take_over(id, &h, &tag).await?;
@@ -766,15 +907,11 @@ impl<S: HeadStore> ValueBackend for Engine<S> {
                 return Err(rules::revision_not_found(id, rev));
             }
             rules::check_lock(id, h.lock.as_deref(), owner)?;
-            match &h.intent {
-                None => {}
-                Some(i @ Intent::Write { .. }) if self.stale(i) => {}
-                Some(i) => {
-                    if !self.stale(i) || !self.take_over(id, &h, &tag).await? {
-                        busy = true;
-                    }
-                    continue;
+            if let Some(i) = &h.intent {
+                if !self.stale(i) || !self.take_over(id, &h, &tag).await? {
+                    busy = true;
                 }
+                continue;
             }
             let slot = Slot {
                 id,
@@ -817,6 +954,10 @@ impl<S: HeadStore> ValueBackend for Engine<S> {
                 return self.finish_delete_revision(id, marked, tag, rev).await;
             }
         }
-        Err(if busy { rules::busy(id) } else { rules::contended(id) })
+        Err(if busy {
+            rules::busy(id)
+        } else {
+            rules::contended(id)
+        })
     }
 }

@@ -7,6 +7,7 @@
 //! it can run against a store that holds other data.
 
 mod cases;
+pub mod races;
 mod target;
 
 use std::sync::Arc;

@@ -41,3 +41,26 @@ pub fn assert_clean(report: &conformance::Report, min_passed: usize) {
         report.passed()
     );
 }
+
+/// Runs the two-process race scenarios (`conformance::races`) between the
+/// backends at `url_a` and `url_b` (two processes on one store) and fails
+/// the test on any violation. Prints what each scenario saw.
+pub async fn assert_races_clean(url_a: &str, url_b: &str, rounds: usize) {
+    let connect = |url: &str| {
+        let url = url.to_owned();
+        async move {
+            conformance::Target::connect(&conformance::Connect::plain(&url), None)
+                .await
+                .expect("connect a race target")
+        }
+    };
+    let a = Arc::new(connect(url_a).await);
+    let b = Arc::new(connect(url_b).await);
+    let report = conformance::races::run(a, b, rounds).await;
+    println!("{}", report.summary());
+    assert!(
+        report.violations.is_empty(),
+        "race violations:\n{}",
+        report.summary()
+    );
+}
