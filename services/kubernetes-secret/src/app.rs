@@ -437,6 +437,7 @@ mod tests {
         Some(Intent::Write {
             rev,
             nonce: "n".into(),
+            digest: String::new(),
             since: 1,
         })
     }
