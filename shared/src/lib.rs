@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod grpc;
 pub mod metrics;
+mod oversize;
 pub mod proto;
 pub mod server;
 pub mod telemetry;

@@ -159,9 +159,12 @@ pub async fn run_value<B: ValueBackend>(
 ) -> Result<(), String> {
     let adapter = adapter(&backend, config)?;
     let info = Info::new(adapter.describe(), adapter.max_value_bytes());
-    let svc = ValueAndContextStorageBackendServer::new(adapter)
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes);
+    let svc = crate::oversize::Oversize::new(
+        ValueAndContextStorageBackendServer::new(adapter)
+            .max_decoding_message_size(config.max_message_bytes)
+            .max_encoding_message_size(config.max_message_bytes),
+        config.max_message_bytes,
+    );
     run(
         backend,
         config,
@@ -183,9 +186,12 @@ pub async fn run_context<B: ContextBackend>(
 ) -> Result<(), String> {
     let adapter = adapter(&backend, config)?;
     let info = Info::new(adapter.describe(), adapter.max_value_bytes());
-    let svc = ContextStorageBackendServer::new(adapter)
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes);
+    let svc = crate::oversize::Oversize::new(
+        ContextStorageBackendServer::new(adapter)
+            .max_decoding_message_size(config.max_message_bytes)
+            .max_encoding_message_size(config.max_message_bytes),
+        config.max_message_bytes,
+    );
     run(
         backend,
         config,

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use serde_json::{Value as Json, json};
 use shared::{
     Backend, Context, Describe, Error, Owner, Result, Revision, TypeInstanceId, Value,
-    ValueBackend, metrics::store_call,
+    ValueBackend, engine::rules, metrics::store_call,
 };
 
 use crate::{
@@ -148,12 +148,8 @@ fn dir_name(id: &TypeInstanceId) -> String {
     }
 }
 
-fn not_found(id: &TypeInstanceId) -> Error {
-    Error::not_found(format!("type instance {id} not found"))
-}
-
 fn revision_not_found(id: &TypeInstanceId, rev: Revision) -> Error {
-    Error::not_found(format!("revision {rev} of type instance {id} not found"))
+    rules::revision_not_found(id, rev.get())
 }
 
 impl Core {
@@ -233,7 +229,7 @@ impl Core {
             .filter(|r| *r > 0)
             .collect();
         if revisions.is_empty() {
-            return Err(not_found(id));
+            return Err(rules::not_found(id));
         }
         revisions.sort_unstable();
         let lock = snap
@@ -270,12 +266,7 @@ impl Core {
 
     /// FAILED_PRECONDITION unless unlocked or locked by `owner`.
     fn check_owner(id: &TypeInstanceId, state: &State, owner: Option<&Owner>) -> Result<()> {
-        match &state.lock {
-            Some(holder) if Some(holder.as_str()) != owner.map(Owner::as_str) => Err(
-                Error::failed_precondition(format!("type instance {id} is locked by {holder}")),
-            ),
-            _ => Ok(()),
-        }
+        rules::check_lock(id, state.lock.as_deref(), owner)
     }
 
     /// Puts a revision and refreshes `latest` when it becomes the highest.
@@ -297,7 +288,6 @@ impl Core {
             // Straight to the revision's path: no listing, no history.
             match self.value(snap, id, rev.get())? {
                 Some(v) => Ok(v),
-                None if snap.list(&self.dir(id))?.is_empty() => Err(not_found(id)),
                 None => Err(revision_not_found(id, rev)),
             }
         })
@@ -314,14 +304,12 @@ impl Core {
         let doc = self.encrypt(value)?;
         self.store.write(|snap| match self.state(snap, id) {
             Ok(state) => {
-                let same =
-                    state.revisions == [1] && self.value(snap, id, 1)?.as_deref() == Some(value);
-                if same {
-                    return Ok(None);
-                }
-                Err(Error::already_exists(format!(
-                    "type instance {id} already exists"
-                )))
+                let first = match state.revisions.as_slice() {
+                    [1] => self.value(snap, id, 1)?,
+                    _ => None,
+                };
+                let latest = state.latest().unwrap_or(0);
+                rules::create_on_existing(id, latest, first.as_deref(), value).map(|()| None)
             }
             Err(e) if e.kind() == shared::ErrorKind::NotFound => {
                 let mut changes = self.put_revision(id, 1, doc.clone());
@@ -352,20 +340,22 @@ impl Core {
         let r = rev.get();
         self.store.write(|snap| {
             let state = self.state(snap, id)?;
-            if state.revisions.contains(&r) {
-                if self.value(snap, id, r)?.as_deref() == Some(value) {
-                    return Ok(None);
-                }
-                return Err(Error::already_exists(format!(
-                    "revision {rev} of type instance {id} already exists"
-                )));
-            }
-            Self::check_owner(id, &state, owner)?;
-            let latest = state.latest().unwrap_or(0);
-            if r <= latest {
-                return Err(Error::failed_precondition(format!(
-                    "revision {rev} of type instance {id} is not above the latest revision {latest}"
-                )));
+            let stored = if state.revisions.contains(&r) {
+                self.value(snap, id, r)?
+            } else {
+                None
+            };
+            let step = rules::update_step(
+                id,
+                r,
+                state.latest().unwrap_or(0),
+                stored.as_deref(),
+                value,
+                state.lock.as_deref(),
+                owner,
+            )?;
+            if step == rules::UpdateStep::Done {
+                return Ok(None);
             }
             let mut changes = self.put_revision(id, r, doc.clone());
             changes.extend(self.secret_change(snap, id, secret, value)?);
@@ -455,12 +445,9 @@ impl Core {
     fn lock(&self, id: &TypeInstanceId, owner: &Owner) -> Result<()> {
         self.store.write(|snap| {
             let state = self.state(snap, id)?;
-            match &state.lock {
-                Some(h) if h == owner.as_str() => Ok(None),
-                Some(h) => Err(Error::failed_precondition(format!(
-                    "type instance {id} is locked by {h}"
-                ))),
-                None => Ok(Some(Edit {
+            match rules::lock_step(id, state.lock.as_deref(), owner)? {
+                rules::LockStep::Held => Ok(None),
+                rules::LockStep::Take => Ok(Some(Edit {
                     message: format!(
                         "lock type instance {id} revision {} by {owner}",
                         state.latest().unwrap_or(0)

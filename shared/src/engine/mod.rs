@@ -141,6 +141,65 @@ pub trait HeadStore: Send + Sync + 'static {
     }
 }
 
+/// One store behind several engines (tests: two "processes" on one store).
+#[async_trait]
+impl<S: HeadStore> HeadStore for Arc<S> {
+    const CONDITIONAL_HEAD_REMOVAL: bool = S::CONDITIONAL_HEAD_REMOVAL;
+
+    fn describe(&self) -> Describe {
+        (**self).describe()
+    }
+    async fn probe(&self) -> Result<()> {
+        (**self).probe().await
+    }
+    async fn read_head(&self, id: &TypeInstanceId) -> Result<Option<(Head, String)>> {
+        (**self).read_head(id).await
+    }
+    async fn create_head(&self, id: &TypeInstanceId, head: &Head) -> Result<Option<String>> {
+        (**self).create_head(id, head).await
+    }
+    async fn replace_head(
+        &self,
+        id: &TypeInstanceId,
+        head: &Head,
+        tag: &str,
+    ) -> Result<Option<String>> {
+        (**self).replace_head(id, head, tag).await
+    }
+    async fn remove_head(&self, id: &TypeInstanceId, tag: &str) -> Result<()> {
+        (**self).remove_head(id, tag).await
+    }
+    async fn read_revision(&self, at: Slot<'_>) -> Result<Option<Stored>> {
+        (**self).read_revision(at).await
+    }
+    async fn write_revision(
+        &self,
+        at: Slot<'_>,
+        value: &Value,
+        epoch: u64,
+        replace: Option<&str>,
+    ) -> Result<bool> {
+        (**self).write_revision(at, value, epoch, replace).await
+    }
+    async fn remove_revision(&self, at: Slot<'_>) -> Result<()> {
+        (**self).remove_revision(at).await
+    }
+    async fn list_revisions(&self, id: &TypeInstanceId, life: &str, upto: u32) -> Result<Vec<u32>> {
+        (**self).list_revisions(id, life, upto).await
+    }
+    async fn highest_below(
+        &self,
+        id: &TypeInstanceId,
+        life: &str,
+        rev: u32,
+    ) -> Result<Option<u32>> {
+        (**self).highest_below(id, life, rev).await
+    }
+    async fn project(&self, id: &TypeInstanceId, latest: Option<(u32, &[u8])>) -> Result<()> {
+        (**self).project(id, latest).await
+    }
+}
+
 /// The engine's settings, shared by every head-based backend's flags.
 #[derive(clap::Args, Clone, Debug)]
 pub struct EngineArgs {

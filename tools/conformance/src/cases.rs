@@ -307,13 +307,25 @@ async fn ids_with_every_allowed_character_work(t: Arc<Target>, id: String) -> Ch
 
 // ---- NOT_FOUND ----
 
+/// Capact's own clients match this text (spec §2).
+fn capact_wording(s: &Status, id: &str, rev: u32) -> Check {
+    let want = format!("TypeInstance \"{id}\" in revision {rev} was not found");
+    if s.message() == want {
+        Ok(())
+    } else {
+        Err(format!("NOT_FOUND message {:?}, want {want:?}", s.message()).into())
+    }
+}
+
 async fn get_missing_type_instance_is_not_found(t: Arc<Target>, id: String) -> Check {
-    expect(t.get(&id, 1).await, Code::NotFound, "get").map(drop)
+    let s = expect(t.get(&id, 1).await, Code::NotFound, "get")?;
+    capact_wording(&s, &id, 1)
 }
 
 async fn get_missing_revision_is_not_found(t: Arc<Target>, id: String) -> Check {
     ok(t.create(&id, b"1").await, "create")?;
-    expect(t.get(&id, 2).await, Code::NotFound, "get revision 2")?;
+    let s = expect(t.get(&id, 2).await, Code::NotFound, "get revision 2")?;
+    capact_wording(&s, &id, 2)?;
     expect(t.get(&id, 5000).await, Code::NotFound, "get revision 5000").map(drop)
 }
 

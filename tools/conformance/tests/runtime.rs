@@ -379,3 +379,38 @@ async fn plaintext_health_port_answers_while_the_main_port_requires_mutual_tls()
         "plaintext accepted on the main port"
     );
 }
+
+#[tokio::test]
+async fn request_above_the_message_limit_is_resource_exhausted_stating_the_limit() {
+    use shared::proto::storage_backend::{
+        OnCreateValueAndContextRequest,
+        value_and_context_storage_backend_client::ValueAndContextStorageBackendClient,
+    };
+    let server = start_with(
+        Memory::new(None),
+        &["--max-value-bytes", "1024", "--max-message-bytes", "70000"],
+    )
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    // A client that sends what the server refuses to decode.
+    let mut client = ValueAndContextStorageBackendClient::new(channel)
+        .max_encoding_message_size(1 << 20)
+        .max_decoding_message_size(1 << 20);
+    let err = client
+        .on_create(OnCreateValueAndContextRequest {
+            type_instance_id: "big".into(),
+            value: vec![b'x'; 100_000].into(),
+            context: None,
+        })
+        .await
+        .expect_err("too large");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert_eq!(
+        err.message(),
+        "request larger than the grpc message limit of 70000 bytes"
+    );
+}

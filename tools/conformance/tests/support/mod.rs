@@ -79,16 +79,20 @@ impl Memory {
             tokio::time::sleep(self.read_delay).await;
         }
         let data = self.data.lock().await;
-        let e = data
-            .get(id)
-            .ok_or_else(|| Error::not_found(format!("type instance {id} not found")))?;
+        let e = data.get(id).ok_or_else(|| {
+            Error::not_found(format!(
+                "TypeInstance \"{id}\" in revision {rev} was not found"
+            ))
+        })?;
         let v = if self.has(Flaw::GetReturnsLatest) {
             e.revisions.values().next_back()
         } else {
             e.revisions.get(&rev)
         };
         v.cloned().ok_or_else(|| {
-            Error::not_found(format!("revision {rev} of type instance {id} not found"))
+            Error::not_found(format!(
+                "TypeInstance \"{id}\" in revision {rev} was not found"
+            ))
         })
     }
 
@@ -133,7 +137,7 @@ impl Memory {
         let mut data = self.data.lock().await;
         let e = data
             .get(id)
-            .ok_or_else(|| Error::not_found(format!("type instance {id} not found")))?;
+            .ok_or_else(|| Error::not_found(format!("TypeInstance \"{id}\" was not found")))?;
         if let Some(existing) = e.revisions.get(&rev)
             && !self.has(Flaw::OverwritesRevision)
         {
@@ -170,7 +174,7 @@ impl Memory {
         let mut data = self.data.lock().await;
         let e = data
             .get_mut(id)
-            .ok_or_else(|| Error::not_found(format!("type instance {id} not found")))?;
+            .ok_or_else(|| Error::not_found(format!("TypeInstance \"{id}\" was not found")))?;
         self.check_owner(e, id, owner)?;
         if self.has(Flaw::DeleteKeepsLock) {
             e.revisions.clear();
@@ -185,11 +189,11 @@ impl Memory {
         let mut data = self.data.lock().await;
         let e = data
             .get_mut(id)
-            .ok_or_else(|| Error::not_found(format!("type instance {id} not found")))?;
+            .ok_or_else(|| Error::not_found(format!("TypeInstance \"{id}\" was not found")))?;
         self.check_owner(e, id, owner)?;
         if e.revisions.remove(&rev).is_none() {
             return Err(Error::not_found(format!(
-                "revision {rev} of type instance {id} not found"
+                "TypeInstance \"{id}\" in revision {rev} was not found"
             )));
         }
         if e.revisions.is_empty() && !self.has(Flaw::DeleteKeepsLock) {
@@ -202,7 +206,7 @@ impl Memory {
         let data = self.data.lock().await;
         let e = data
             .get(id)
-            .ok_or_else(|| Error::not_found(format!("type instance {id} not found")))?;
+            .ok_or_else(|| Error::not_found(format!("TypeInstance \"{id}\" was not found")))?;
         Ok(e.lock.clone())
     }
 
@@ -210,7 +214,7 @@ impl Memory {
         let mut data = self.data.lock().await;
         let e = data
             .get(id)
-            .ok_or_else(|| Error::not_found(format!("type instance {id} not found")))?;
+            .ok_or_else(|| Error::not_found(format!("TypeInstance \"{id}\" was not found")))?;
         match &e.lock {
             Some(h) if h == owner => return Ok(()),
             Some(h) if !self.has(Flaw::LockTakeover) => {
@@ -235,7 +239,7 @@ impl Memory {
         let mut data = self.data.lock().await;
         let e = data
             .get_mut(id)
-            .ok_or_else(|| Error::not_found(format!("type instance {id} not found")))?;
+            .ok_or_else(|| Error::not_found(format!("TypeInstance \"{id}\" was not found")))?;
         e.lock = None;
         Ok(())
     }
