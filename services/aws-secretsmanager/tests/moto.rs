@@ -1,15 +1,52 @@
 //! The backend binary against a real moto server (Secrets Manager): the
 //! conformance suite with a recovery window and with force delete, long
-//! histories, binary values, delete then re-create, two backend processes
-//! racing on locks and updates, an outage, and what the logs contain.
+//! histories, binary values, delete then re-create, the previous version's
+//! layout, two backend processes racing on locks, updates and the fence, an
+//! outage, and what the logs contain.
 
 mod support;
 
 use std::{collections::HashSet, sync::Arc};
 
+use aws_sdk_secretsmanager::Client;
 use support::{direct_client, start_backend, target};
 use testkit::{assert_clean, conformance, moto::Moto};
 use tonic::Code;
+
+/// Rounds per scenario of the two-process races.
+const RACE_ROUNDS: usize = 200;
+
+/// The life the head of `id` names (revision secrets live under it).
+async fn life(direct: &Client, id: &str) -> String {
+    let head = direct
+        .get_secret_value()
+        .secret_id(format!("capact/{id}/head"))
+        .version_stage("AWSCURRENT")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("read the head of {id}: {e:?}"));
+    let head: serde_json::Value =
+        serde_json::from_str(head.secret_string().unwrap_or_default()).expect("head is json");
+    let life = head["life"].as_str().expect("the head names its life");
+    assert_eq!(life.len(), 16, "{head}");
+    life.to_owned()
+}
+
+/// The name of the secret of revision `rev` of `id`.
+async fn rev_name(direct: &Client, id: &str, rev: u32) -> String {
+    format!("capact/{id}/{}/{rev}", life(direct, id).await)
+}
+
+/// Whether the secret `name` exists and is scheduled for deletion.
+async fn scheduled(direct: &Client, name: &str) -> bool {
+    let d = direct
+        .describe_secret()
+        .secret_id(name)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("describe {name}: {e:?}"));
+    d.deleted_date.is_some()
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn backend_with_recovery_window_passes_the_conformance_suite() {
@@ -56,7 +93,7 @@ async fn a_hundred_revisions_of_40_kib_each_are_all_readable() {
     let direct = direct_client(&moto);
     let rev50 = direct
         .get_secret_value()
-        .secret_id("capact/long-history/50")
+        .secret_id(rev_name(&direct, "long-history", 50).await)
         .send()
         .await
         .expect("direct read of revision 50");
@@ -93,7 +130,7 @@ async fn binary_values_round_trip_byte_for_byte_through_secret_binary() {
     let direct = direct_client(&moto);
     let stored = direct
         .get_secret_value()
-        .secret_id("capact/bin/1")
+        .secret_id(rev_name(&direct, "bin", 1).await)
         .send()
         .await
         .expect("direct read");
@@ -103,7 +140,7 @@ async fn binary_values_round_trip_byte_for_byte_through_secret_binary() {
     assert_eq!(stored.secret_binary.map(|b| b.into_inner()), Some(framed));
     let text = direct
         .get_secret_value()
-        .secret_id("capact/bin/4")
+        .secret_id(rev_name(&direct, "bin", 4).await)
         .send()
         .await
         .expect("direct read");
@@ -165,11 +202,12 @@ async fn type_instance_deleted_with_a_recovery_window_can_be_created_again() {
     let moto = Moto::start();
     let backend = start_backend(&moto, &[]).await;
     let t = target(&backend).await;
+    let direct = direct_client(&moto);
     t.create("window", b"v").await.expect("create");
+    let first = rev_name(&direct, "window", 1).await;
     t.delete("window", None).await.expect("delete");
     // The secrets are scheduled for deletion, not gone.
-    let direct = direct_client(&moto);
-    for name in ["capact/window/1", "capact/window/head"] {
+    for name in [first.as_str(), "capact/window/head"] {
         let d = direct
             .describe_secret()
             .secret_id(name)
@@ -189,6 +227,15 @@ async fn type_instance_deleted_with_a_recovery_window_can_be_created_again() {
         assert!(tags.contains(&("managed-by".into(), "capact-storage".into())));
         assert!(tags.contains(&("capact-type-instance-id".into(), "window".into())));
     }
+    // Within the window the same id lives again under a new life: the head
+    // is restored and taken over, the old revision's name is never reused
+    // (its old value stays recoverable, never served).
+    t.create("window", b"w").await.expect("re-create");
+    let second = rev_name(&direct, "window", 1).await;
+    assert_ne!(first, second);
+    assert!(scheduled(&direct, &first).await, "{first} was restored");
+    assert!(!scheduled(&direct, "capact/window/head").await);
+    assert_eq!(t.get("window", 1).await.expect("get").as_ref(), b"w");
     delete_then_recreate(&t).await;
 }
 
@@ -197,17 +244,87 @@ async fn type_instance_force_deleted_can_be_created_again() {
     let moto = Moto::start();
     let backend = start_backend(&moto, &[("APP_SM_FORCE_DELETE", "true")]).await;
     let t = target(&backend).await;
-    t.create("forced", b"v").await.expect("create");
-    t.delete("forced", None).await.expect("delete");
     let direct = direct_client(&moto);
-    let err = direct
-        .describe_secret()
-        .secret_id("capact/forced/1")
+    t.create("forced", b"v").await.expect("create");
+    let first = rev_name(&direct, "forced", 1).await;
+    t.delete("forced", None).await.expect("delete");
+    for name in [first.as_str(), "capact/forced/head"] {
+        let err = direct
+            .describe_secret()
+            .secret_id(name)
+            .send()
+            .await
+            .expect_err("force-deleted secret is gone");
+        assert!(format!("{err:?}").contains("ResourceNotFound"), "{err:?}");
+    }
+    delete_then_recreate(&t).await;
+}
+
+/// A head and revisions as the previous version of this backend wrote them
+/// (no life: revisions at `<prefix>/<id>/<n>`, a `state` in the head) are
+/// served, updated and deleted as they are.
+#[tokio::test(flavor = "multi_thread")]
+async fn legacy_layout_written_by_the_previous_version_is_still_served() {
+    let moto = Moto::start();
+    let direct = direct_client(&moto);
+    for (name, value) in [
+        (
+            "capact/leg-1/head",
+            r#"{"managed_by":"capact-storage","state":"live","latest":2,"lock":null,"high":2}"#,
+        ),
+        ("capact/leg-1/1", "one"),
+        ("capact/leg-1/2", "two"),
+    ] {
+        direct
+            .create_secret()
+            .name(name)
+            .secret_string(value)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("create {name}: {e:?}"));
+    }
+    let backend = start_backend(&moto, &[]).await;
+    let t = target(&backend).await;
+    assert_eq!(t.get("leg-1", 1).await.expect("get 1").as_ref(), b"one");
+    assert_eq!(t.get("leg-1", 2).await.expect("get 2").as_ref(), b"two");
+    t.update("leg-1", 3, b"three", None).await.expect("update");
+    assert_eq!(t.get("leg-1", 3).await.expect("get 3").as_ref(), b"three");
+    // A head without a life keeps its revisions at the old names.
+    let rev3 = direct
+        .get_secret_value()
+        .secret_id("capact/leg-1/3")
+        .version_stage("AWSCURRENT")
         .send()
         .await
-        .expect_err("force-deleted secret is gone");
-    assert!(format!("{err:?}").contains("ResourceNotFound"), "{err:?}");
-    delete_then_recreate(&t).await;
+        .expect("direct read of revision 3");
+    assert_eq!(rev3.secret_string(), Some("three"));
+    t.delete("leg-1", None).await.expect("delete");
+    for name in [
+        "capact/leg-1/1",
+        "capact/leg-1/2",
+        "capact/leg-1/3",
+        "capact/leg-1/head",
+    ] {
+        assert!(scheduled(&direct, name).await, "{name} was not deleted");
+    }
+    let status = t.get("leg-1", 1).await.expect_err("deleted");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "TypeInstance \"leg-1\" in revision 1 was not found"
+    );
+    let status = t.locked_by("leg-1").await.expect_err("deleted");
+    assert_eq!(status.message(), "TypeInstance \"leg-1\" was not found");
+}
+
+/// Two processes on one moto share nothing but Secrets Manager: every fence
+/// holds through the stage compare-and-swap and create-only names alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_backends_racing_on_one_moto_never_violate_the_fence() {
+    let moto = Moto::start();
+    let a = start_backend(&moto, &[]).await;
+    let b = start_backend(&moto, &[]).await;
+    testkit::assert_races_clean(&a.url, &b.url, RACE_ROUNDS).await;
 }
 
 /// Two backend processes on one moto, and their targets alternately.

@@ -5,13 +5,15 @@
 //! `cargo bench -p vault --bench direct` (needs `bao`: see tests/setup.sh).
 //! Rows, at concurrency 1 and 16, a fixed number of calls each:
 //! - `get cN backend`: GetValue of revision 1 through the backend;
-//! - `get cN direct`: a kv2 read of the same secret (`capact/<id>/rev/1`);
+//! - `get cN direct`: a kv2 read of the same revision secret
+//!   (`capact/<id>/<life>/1`; the backend also reads the head first);
 //! - `update cN backend`: OnUpdate to the next revision, each worker on its
 //!   own TypeInstance;
 //! - `update cN direct`: one kv2 set with cas (the brief's "direct" write);
-//! - `update cN direct-3`: the three kv2 calls the backend makes for one
-//!   OnUpdate (read the head, set the head with cas, set the revision with
-//!   cas=0), to separate the gRPC hop from the layout's cost.
+//! - `update cN direct-4`: the four kv2 calls the backend makes for one
+//!   OnUpdate (read the head, claim the revision in it with cas, write the
+//!   revision with cas=0, commit the head with cas), to separate the gRPC
+//!   hop from the layout's cost.
 //!
 //! Timings are printed, never asserted. Without `--bench` (e.g. `cargo test
 //! --benches`) it does nothing.
@@ -28,6 +30,7 @@ use bench::{
     harness::{CyclingOp, Pool, checked},
 };
 use serde_json::{Map, Value as Json, json};
+use shared::engine::{Head, Intent};
 use support::{Bao, ROOT_TOKEN};
 use vaultrs::{
     api::{self, kv2::requests::ReadSecretRequest, kv2::requests::SetSecretRequestOptions},
@@ -68,16 +71,47 @@ fn rev_data(value: &[u8]) -> Map<String, Json> {
         "value".into(),
         json!(base64::engine::general_purpose::STANDARD.encode(value)),
     );
+    m.insert("epoch".into(), json!(0));
     m
 }
 
-fn head_data(latest: u64) -> Map<String, Json> {
-    let mut m = Map::new();
-    m.insert("managed_by".into(), json!("capact-storage"));
-    m.insert("latest".into(), json!(latest));
-    m.insert("lock".into(), Json::Null);
-    m.insert("deleting".into(), json!(false));
-    m
+/// The life of the direct rows' heads (the backend draws one per create).
+const LIFE: &str = "00000000000000b1";
+
+fn head(latest: u32, intent: Option<Intent>) -> Head {
+    Head {
+        life: LIFE.to_owned(),
+        latest,
+        lock: None,
+        epoch: 0,
+        intent,
+    }
+}
+
+/// Reads a secret: its data and version.
+async fn read(client: &VaultClient, path: &str) -> Result<(Map<String, Json>, u64), String> {
+    let endpoint = ReadSecretRequest::builder()
+        .mount(MOUNT)
+        .path(path)
+        .build()
+        .map_err(|e| format!("read request: {e}"))?;
+    let secret = api::exec_with_result(client, endpoint)
+        .await
+        .map_err(|e| format!("read {path}: {e}"))?;
+    match secret.data {
+        Json::Object(m) => Ok((m, secret.metadata.version)),
+        _ => Err(format!("{path} holds no object")),
+    }
+}
+
+/// The folder of revision 1 of `id`, as the backend laid it out.
+async fn rev1_path(client: &VaultClient, id: &str) -> Result<String, String> {
+    let (data, _) = read(client, &format!("{PREFIX}/{id}/meta")).await?;
+    let life = data
+        .get("life")
+        .and_then(Json::as_str)
+        .ok_or_else(|| format!("the head of {id} has no life"))?;
+    Ok(format!("{PREFIX}/{id}/{life}/1"))
 }
 
 fn vault_client(addr: &str) -> Result<VaultClient, String> {
@@ -102,12 +136,12 @@ async fn set_cas(
         .map_err(|e| format!("set {path}: {e}"))
 }
 
-/// A kv2 read of revision 1 of each of `ids` in turn, as the backend makes
-/// it for GetValue.
-fn kv2_read_cycling(client: &Arc<VaultClient>, ids: &Arc<[String]>) -> CyclingOp {
+/// A kv2 read of each of `paths` in turn, as the backend makes it for
+/// GetValue after reading the head.
+fn kv2_read_cycling(client: &Arc<VaultClient>, paths: &Arc<[String]>) -> CyclingOp {
     let client = Arc::clone(client);
-    bench::harness::cycling(ids, move |id| {
-        let (client, path) = (Arc::clone(&client), format!("{PREFIX}/{id}/rev/1"));
+    bench::harness::cycling(paths, move |path| {
+        let (client, path) = (Arc::clone(&client), path.to_owned());
         async move {
             vaultrs::kv2::read::<Map<String, Json>>(client.as_ref(), MOUNT, &path)
                 .await
@@ -172,6 +206,11 @@ async fn bench_all() -> Result<Report, String> {
             .await
             .map_err(|s| format!("create {id}: {s}"))?;
     }
+    let mut get_paths = Vec::new();
+    for id in get_ids.iter() {
+        get_paths.push(rev1_path(&direct, id).await?);
+    }
+    let get_paths: Arc<[String]> = get_paths.into();
     // The gRPC hop alone: a health check answers from memory.
     let channel = conformance::Connect::plain(&backend.url)
         .channel()
@@ -202,7 +241,7 @@ async fn bench_all() -> Result<Report, String> {
         let before = bench::harness::scrape(metrics_port)?;
         let paired = bench::run_paired(
             bench::harness::get_cycling(&target, &get_ids, 1),
-            kv2_read_cycling(&direct, &get_ids),
+            kv2_read_cycling(&direct, &get_paths),
             &options(concurrency, GET_OPS),
             GET_ROUNDS,
         )
@@ -219,8 +258,8 @@ async fn bench_all() -> Result<Report, String> {
         // The floor: the same read through a process that only copies bytes.
         bench::harness::floor_rows(
             &mut report,
-            kv2_read_cycling(&via_forwarder, &get_ids),
-            kv2_read_cycling(&direct, &get_ids),
+            kv2_read_cycling(&via_forwarder, &get_paths),
+            kv2_read_cycling(&direct, &get_paths),
             &options(concurrency, GET_OPS),
             GET_ROUNDS,
         )
@@ -256,24 +295,24 @@ async fn bench_all() -> Result<Report, String> {
         .await?;
         report.row(&name, checked(&name, stats)?);
 
-        // Direct, the backend's three calls: read head, set head (cas), set rev (cas=0).
+        // Direct, the backend's four calls (see `four_calls`).
         let mut slots = Vec::new();
         for i in 0..concurrency {
-            let base = format!("bench-direct3/{run_id}-c{concurrency}-{i}");
-            set_cas(&direct, &format!("{base}/meta"), &head_data(1), 0).await?;
-            set_cas(&direct, &format!("{base}/rev/1"), &data, 0).await?;
+            let base = format!("bench-direct4/{run_id}-c{concurrency}-{i}");
+            set_cas(&direct, &format!("{base}/meta"), &head(1, None).to_map(), 0).await?;
+            set_cas(&direct, &format!("{base}/{LIFE}/1"), &data, 0).await?;
             slots.push(base);
         }
         let pool = Pool::new(slots);
         let (client, data2) = (Arc::clone(&direct), Arc::new(data.clone()));
-        let name = format!("update c{concurrency} direct-3");
+        let name = format!("update c{concurrency} direct-4");
         let stats = bench::run(
             move |_| {
                 let (client, pool, data) =
                     (Arc::clone(&client), Arc::clone(&pool), Arc::clone(&data2));
                 async move {
                     let base = pool.take()?;
-                    let result = three_calls(&client, &base, &data).await;
+                    let result = four_calls(&client, &base, &data).await;
                     pool.give(base);
                     result
                 }
@@ -321,7 +360,7 @@ async fn bench_all() -> Result<Report, String> {
         );
         let backend_row = format!("update c{concurrency} backend");
         report.compare(&backend_row, &format!("update c{concurrency} direct"))?;
-        report.compare(&backend_row, &format!("update c{concurrency} direct-3"))?;
+        report.compare(&backend_row, &format!("update c{concurrency} direct-4"))?;
     }
     drop(backend);
     drop(bao);
@@ -330,28 +369,35 @@ async fn bench_all() -> Result<Report, String> {
 
 /// What the backend does for one OnUpdate of a new revision, as plain
 /// vaultrs calls: read the head, claim the revision in it (cas), write the
-/// revision create-only (cas=0).
-async fn three_calls(
+/// revision create-only (cas=0), commit (cas).
+async fn four_calls(
     client: &VaultClient,
     base: &str,
     data: &Map<String, Json>,
 ) -> Result<(), String> {
     let head_path = format!("{base}/meta");
-    let endpoint = ReadSecretRequest::builder()
-        .mount(MOUNT)
-        .path(head_path.as_str())
-        .build()
-        .map_err(|e| format!("read request: {e}"))?;
-    let head = api::exec_with_result(client, endpoint)
-        .await
-        .map_err(|e| format!("read {head_path}: {e}"))?;
-    let latest = head
-        .data
+    let (current, version) = read(client, &head_path).await?;
+    let latest = current
         .get("latest")
         .and_then(Json::as_u64)
+        .and_then(|n| u32::try_from(n).ok())
         .ok_or_else(|| format!("{head_path} has no latest"))?;
     let next = latest + 1;
-    set_cas(client, &head_path, &head_data(next), head.metadata.version).await?;
-    set_cas(client, &format!("{base}/rev/{next}"), data, 0).await?;
+    let claim = Intent::Write {
+        rev: next,
+        nonce: "0000000000000001".to_owned(),
+        digest: "00000000000000000000000000000001".to_owned(),
+        since: 1,
+    };
+    let claimed = set_cas(
+        client,
+        &head_path,
+        &head(latest, Some(claim)).to_map(),
+        version,
+    )
+    .await?;
+    let rev_path = format!("{base}/{LIFE}/{next}");
+    set_cas(client, &rev_path, data, 0).await?;
+    set_cas(client, &head_path, &head(next, None).to_map(), claimed).await?;
     Ok(())
 }

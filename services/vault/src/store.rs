@@ -1,19 +1,47 @@
-//! The KV secrets engine as this backend needs it: read a secret with its
-//! version, write with check-and-set, list a folder, remove a path for good.
-//! KV v1 has no versions and no cas: see [`Kv::V1`] for what replaces them.
+//! The KV secrets engine as this backend needs it, and [`VaultStore`]: the
+//! [`HeadStore`] primitives of the revision engine over it.
 //!
-//! Every call goes through [`shared::metrics::store_call`] and maps Vault's
-//! answers onto the protocol's error kinds in exactly one place ([`map_err`]).
+//! [`Kv`] reads a secret with its version, writes with check-and-set, lists
+//! a folder and removes a path for good. Every call goes through
+//! [`shared::metrics::store_call`] and maps Vault's answers onto the
+//! protocol's error kinds in exactly one place ([`map_err`]).
+//!
+//! Layout (README.md, "Layout"): the head at `<prefix>/<id>/meta`, revision
+//! `n` of a life at `<prefix>/<id>/<life>/<n>`, or at `<prefix>/<id>/rev/<n>`
+//! for heads written before lives existed. On KV v2 a tag is the secret's
+//! version and every write names it as `cas`. KV v1 has neither: see
+//! `VaultStore::write_if`.
 
-use std::collections::HashMap;
+use std::{
+    collections::{HashMap, hash_map::RandomState},
+    future::Future,
+    hash::BuildHasher,
+    sync::{
+        Arc, Mutex as StdMutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
-use serde_json::{Map, Value as Json};
-use shared::Error;
+use async_trait::async_trait;
+use base64::Engine as _;
+use serde_json::{Map, Value as Json, json};
+use shared::{
+    Describe, Error, Result, TypeInstanceId, Value,
+    engine::{Head, HeadStore, MANAGED_BY, Slot, Stored, head::foreign},
+};
 use vaultrs::{
     api::{self, kv2::requests::ReadSecretRequest, kv2::requests::SetSecretRequestOptions},
     client::VaultClient,
     error::ClientError,
 };
+
+use crate::auth::{self, Session};
+
+/// Vault's own request size limit is 32 MiB; base64 and JSON cost a third.
+const MAX_VALUE_BYTES: u64 = 16 << 20;
+
+/// KV v1 only: the data field holding a record's tag (KV v1 has no versions).
+const KV1_TAG: &str = "kv1_tag";
 
 /// Which KV engine version the mount runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -25,19 +53,11 @@ pub enum KvVersion {
 }
 
 /// A secret as read: its data and, on KV v2, its current version (the
-/// number a cas write must name).
+/// number a cas write must name; 0 on KV v1).
 #[derive(Debug)]
 pub struct Read {
     pub data: Map<String, Json>,
     pub version: u64,
-}
-
-/// Outcome of a check-and-set write.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Written {
-    Ok,
-    /// The secret's version was not the one named: someone else wrote first.
-    Conflict,
 }
 
 /// A failed Vault call, classified before it becomes a protocol error.
@@ -150,10 +170,8 @@ impl Kv {
                 Ok(vaultrs::kv1::get_raw(client, &self.mount, path).await)
             })
             .await?
-            // KV v1 has no versions: an existing secret is "version 1", so
-            // that a cas of 0 (create-only) and a cas naming what was read
-            // stay distinguishable under the id's in-process lock.
-            .map(|r| (r.data, 1)),
+            // KV v1 has no versions: tags live in the data (`KV1_TAG`).
+            .map(|r| (r.data, 0)),
         };
         match result {
             Ok((Json::Object(data), version)) => Ok(Some(Read { data, version })),
@@ -165,55 +183,46 @@ impl Kv {
         }
     }
 
-    /// Writes `data` at `path`. `cas`: `Some(0)` creates only, `Some(v)`
-    /// replaces only version `v`, `None` writes unconditionally.
-    ///
-    /// On KV v1 the caller must hold the id's in-process lock: the check of
-    /// `Some(0)` is a read followed by a write.
+    /// Writes `data` at `path`: the new version (0 on KV v1), or `None`
+    /// if the cas did not match. On KV v2 `cas` 0 creates only and `v`
+    /// replaces only version `v`. KV v1 has no cas and writes
+    /// unconditionally: `VaultStore::write_if` checks first.
     pub async fn write(
         &self,
         client: &VaultClient,
         path: &str,
         data: &Map<String, Json>,
-        cas: Option<u64>,
-    ) -> StoreResult<Written> {
+        cas: u64,
+    ) -> StoreResult<Option<u64>> {
         let what = format!("writing {}/{path}", self.mount);
         match self.version {
             KvVersion::V2 => {
+                let cas =
+                    u32::try_from(cas).map_err(|_| Error::internal("secret version above u32"))?;
                 let result = shared::metrics::store_call("kv2_write", async {
-                    Ok(match cas {
-                        Some(v) => {
-                            let cas = u32::try_from(v)
-                                .map_err(|_| Error::internal("secret version above u32"))?;
-                            vaultrs::kv2::set_with_options(
-                                client,
-                                &self.mount,
-                                path,
-                                data,
-                                SetSecretRequestOptions { cas },
-                            )
-                            .await
-                        }
-                        None => vaultrs::kv2::set(client, &self.mount, path, data).await,
-                    })
+                    Ok(vaultrs::kv2::set_with_options(
+                        client,
+                        &self.mount,
+                        path,
+                        data,
+                        SetSecretRequestOptions { cas },
+                    )
+                    .await)
                 })
                 .await?;
                 match result {
-                    Ok(_) => Ok(Written::Ok),
-                    Err(e) if is_cas_mismatch(&e) => Ok(Written::Conflict),
+                    Ok(meta) => Ok(Some(meta.version)),
+                    Err(e) if is_cas_mismatch(&e) => Ok(None),
                     Err(e) => Err(map_err(e, &what)),
                 }
             }
             KvVersion::V1 => {
-                if cas == Some(0) && self.read(client, path).await?.is_some() {
-                    return Ok(Written::Conflict);
-                }
                 let map: HashMap<&str, &Json> = data.iter().map(|(k, v)| (k.as_str(), v)).collect();
                 shared::metrics::store_call("kv1_write", async {
                     Ok(vaultrs::kv1::set(client, &self.mount, path, &map).await)
                 })
                 .await?
-                .map(|()| Written::Ok)
+                .map(|()| Some(0))
                 .map_err(|e| map_err(e, &what))
             }
         }
@@ -269,5 +278,456 @@ impl Kv {
             Err(e) if is_not_found(&e) => Ok(Vec::new()),
             Err(e) => Err(map_err(e, &what)),
         }
+    }
+}
+
+/// KV v1 tags: a counter, so a tag never comes back within the process,
+/// behind a random prefix, so none repeats one an earlier process wrote.
+struct Kv1Tags {
+    prefix: u64,
+    next: AtomicU64,
+}
+
+impl Kv1Tags {
+    fn new() -> Self {
+        Kv1Tags {
+            prefix: RandomState::new().hash_one(std::process::id()),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}-{n}", self.prefix)
+    }
+}
+
+/// The revision engine's store on one KV mount, below one prefix.
+pub struct VaultStore {
+    session: Arc<Session>,
+    kv: Kv,
+    prefix: String,
+    /// KV v1 only: per-id locks held across the read-compare-write that
+    /// stands in for cas, so it is atomic within this process (and only
+    /// there: KV v1 is for a single replica).
+    locks: StdMutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    kv1_tags: Kv1Tags,
+}
+
+impl VaultStore {
+    pub fn new(session: Arc<Session>, kv: Kv, prefix: String) -> Self {
+        VaultStore {
+            session,
+            kv,
+            prefix,
+            locks: StdMutex::new(HashMap::new()),
+            kv1_tags: Kv1Tags::new(),
+        }
+    }
+
+    /// Runs one store call with the current token; after a 403 it logs in
+    /// again (or re-reads the token file) once and retries, then reports
+    /// PERMISSION_DENIED naming the path.
+    async fn call<T, F, Fut>(&self, path: &str, f: F) -> Result<T>
+    where
+        F: Fn(Arc<VaultClient>) -> Fut,
+        Fut: Future<Output = StoreResult<T>>,
+    {
+        let handle = self.session.handle();
+        match f(handle.client).await {
+            Ok(v) => Ok(v),
+            Err(Failure::Denied(_)) => {
+                if let Err(e) = self.session.relogin(handle.generation).await {
+                    tracing::warn!(error = %e.detail(), "logging in again after a 403 failed");
+                }
+                f(self.session.handle().client)
+                    .await
+                    .map_err(|e| e.into_error(&self.kv.mount, path))
+            }
+            Err(e) => Err(e.into_error(&self.kv.mount, path)),
+        }
+    }
+
+    async fn read(&self, path: &str) -> Result<Option<Read>> {
+        let kv = &self.kv;
+        self.call(path, |c| async move { kv.read(&c, path).await })
+            .await
+    }
+
+    async fn write(&self, path: &str, data: &Map<String, Json>, cas: u64) -> Result<Option<u64>> {
+        let kv = &self.kv;
+        self.call(path, |c| async move { kv.write(&c, path, data, cas).await })
+            .await
+    }
+
+    async fn list(&self, path: &str) -> Result<Vec<String>> {
+        let kv = &self.kv;
+        self.call(path, |c| async move { kv.list(&c, path).await })
+            .await
+    }
+
+    fn foreign(&self, path: &str) -> Error {
+        foreign("vault path", &format!("{}/{path}", self.kv.mount))
+    }
+
+    /// The tag of a secret as read: its version on KV v2, the tag in its
+    /// data on KV v1 (empty for records written before tags existed).
+    fn tag_of(&self, read: &Read) -> String {
+        match self.kv.version {
+            KvVersion::V2 => read.version.to_string(),
+            KvVersion::V1 => read
+                .data
+                .get(KV1_TAG)
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+        }
+    }
+
+    /// KV v1: the id's in-process lock; KV v2 needs none.
+    async fn serialize(&self, id: &TypeInstanceId) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        if self.kv.version != KvVersion::V1 {
+            return None;
+        }
+        let lock = {
+            let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            // Drop entries nobody holds so the map does not grow forever.
+            map.retain(|_, l| Arc::strong_count(l) > 1);
+            Arc::clone(map.entry(id.as_str().to_owned()).or_default())
+        };
+        Some(lock.lock_owned().await)
+    }
+
+    /// Writes `data` at `path` only if the secret there has tag `expect`
+    /// (`None`: only if there is none). Returns the new tag, or `None` if
+    /// the secret was something else (changed, removed or created).
+    ///
+    /// KV v2: one write with `cas`. KV v1: read, compare and write under the
+    /// id's lock, with a fresh tag in the data.
+    async fn write_if(
+        &self,
+        id: &TypeInstanceId,
+        path: &str,
+        mut data: Map<String, Json>,
+        expect: Option<&str>,
+    ) -> Result<Option<String>> {
+        match self.kv.version {
+            KvVersion::V2 => {
+                let cas = match expect.map(str::parse::<u64>) {
+                    None => 0,
+                    Some(Ok(v)) if v > 0 => v,
+                    // Not a version we handed out: nothing can match it.
+                    Some(_) => return Ok(None),
+                };
+                Ok(self.write(path, &data, cas).await?.map(|v| v.to_string()))
+            }
+            KvVersion::V1 => {
+                let _serial = self.serialize(id).await;
+                let current = self.read(path).await?;
+                let matches = match (&current, expect) {
+                    (None, None) => true,
+                    (Some(read), Some(tag)) => self.tag_of(read) == tag,
+                    _ => false,
+                };
+                if !matches {
+                    return Ok(None);
+                }
+                let tag = self.kv1_tags.next();
+                data.insert(KV1_TAG.to_owned(), json!(tag));
+                self.write(path, &data, 0).await?;
+                Ok(Some(tag))
+            }
+        }
+    }
+
+    /// Removes `path` for good (under the id's lock on KV v1, so that no
+    /// read-compare-write brings it back).
+    async fn remove(&self, id: &TypeInstanceId, path: &str) -> Result<()> {
+        let _serial = self.serialize(id).await;
+        let kv = &self.kv;
+        self.call(path, |c| async move { kv.remove(&c, path).await })
+            .await
+    }
+}
+
+fn head_path(prefix: &str, id: &TypeInstanceId) -> String {
+    format!("{prefix}/{id}/meta")
+}
+
+/// The folder of one life's revisions. The life comes from a head we
+/// read: anything but the hex the engine writes could leave the id's folder.
+fn life_dir(prefix: &str, id: &TypeInstanceId, life: &str) -> Result<String> {
+    if life.is_empty() {
+        // Heads written before lives existed keep their revisions here.
+        return Ok(format!("{prefix}/{id}/rev"));
+    }
+    if life.len() > 64 || !life.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::data_loss(format!(
+            "the head of type instance {id} names an invalid life"
+        )));
+    }
+    Ok(format!("{prefix}/{id}/{life}"))
+}
+
+fn rev_path(prefix: &str, at: &Slot<'_>) -> Result<String> {
+    Ok(format!("{}/{}", life_dir(prefix, at.id, at.life)?, at.rev))
+}
+
+/// The data of a revision secret.
+fn revision_data(value: &Value, epoch: u64) -> Map<String, Json> {
+    let mut m = Map::new();
+    m.insert("managed_by".into(), json!(MANAGED_BY));
+    m.insert(
+        "value".into(),
+        json!(base64::engine::general_purpose::STANDARD.encode(value.as_bytes())),
+    );
+    m.insert("epoch".into(), json!(epoch));
+    m
+}
+
+/// The bytes and epoch of a revision secret; an epoch is missing from
+/// those written before epochs existed, and reads as 0.
+fn decode_revision(at: &Slot<'_>, data: &Map<String, Json>) -> Result<(Vec<u8>, u64)> {
+    let corrupt = |what: &str| {
+        Error::data_loss(format!(
+            "revision {} of type instance {} {what}",
+            at.rev, at.id
+        ))
+    };
+    let encoded = data
+        .get("value")
+        .and_then(Json::as_str)
+        .ok_or_else(|| corrupt("has no value field"))?;
+    let value = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|_| corrupt("is not valid base64"))?;
+    let epoch = match data.get("epoch") {
+        None | Some(Json::Null) => 0,
+        Some(e) => e.as_u64().ok_or_else(|| corrupt("has an invalid epoch"))?,
+    };
+    Ok((value, epoch))
+}
+
+fn owned(data: &Map<String, Json>) -> bool {
+    data.get("managed_by").and_then(Json::as_str) == Some(MANAGED_BY)
+}
+
+/// Revision numbers among the keys of a life's folder: only plain numbers
+/// are ours; anything else there is left alone.
+fn revision_numbers(keys: &[String]) -> Vec<u32> {
+    keys.iter()
+        .filter(|k| !k.starts_with('0') && k.bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|k| k.parse::<u32>().ok())
+        .collect()
+}
+
+#[async_trait]
+impl HeadStore for VaultStore {
+    fn describe(&self) -> Describe {
+        Describe {
+            name: "vault",
+            version: env!("CARGO_PKG_VERSION"),
+            accept_value: true,
+            context_schema: None,
+            context_required: false,
+            max_value_bytes: MAX_VALUE_BYTES,
+        }
+    }
+
+    /// Unsealed (a plain GET of /v1/sys/health: vaultrs' own health call
+    /// fails on OpenBao) and our login valid (lookup-self).
+    async fn probe(&self) -> Result<()> {
+        let handle = self.session.handle();
+        let url = self
+            .session
+            .address()
+            .join("v1/sys/health")
+            .map_err(|e| Error::internal("building the health url failed").with_source(e))?;
+        let status = shared::metrics::store_call("sys_health", async {
+            handle
+                .client
+                .http
+                .http
+                .get(url)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .map_err(|e| {
+                    Error::unavailable("vault cannot be reached for sys/health").with_source(e)
+                })
+        })
+        .await?;
+        match status {
+            // Active, or a standby that forwards requests.
+            200 | 429 | 472 | 473 => {}
+            503 => return Err(Error::unavailable("vault is sealed")),
+            501 => return Err(Error::unavailable("vault is not initialized")),
+            other => return Err(Error::unavailable(format!("vault health answered {other}"))),
+        }
+        match auth::lookup(&handle.client).await {
+            Err(e) if e.kind() == shared::ErrorKind::PermissionDenied => {
+                self.session.relogin(handle.generation).await?;
+                auth::lookup(&self.session.handle().client)
+                    .await
+                    .map(|_| ())
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
+    async fn read_head(&self, id: &TypeInstanceId) -> Result<Option<(Head, String)>> {
+        let path = head_path(&self.prefix, id);
+        let Some(read) = self.read(&path).await? else {
+            return Ok(None);
+        };
+        let head = Head::from_map(&read.data).ok_or_else(|| self.foreign(&path))?;
+        Ok(Some((head, self.tag_of(&read))))
+    }
+
+    async fn create_head(&self, id: &TypeInstanceId, head: &Head) -> Result<Option<String>> {
+        self.write_if(id, &head_path(&self.prefix, id), head.to_map(), None)
+            .await
+    }
+
+    async fn replace_head(
+        &self,
+        id: &TypeInstanceId,
+        head: &Head,
+        tag: &str,
+    ) -> Result<Option<String>> {
+        self.write_if(id, &head_path(&self.prefix, id), head.to_map(), Some(tag))
+            .await
+    }
+
+    /// Unconditional: removal of metadata has no cas (hence
+    /// `CONDITIONAL_HEAD_REMOVAL` stays false).
+    async fn remove_head(&self, id: &TypeInstanceId, _tag: &str) -> Result<()> {
+        self.remove(id, &head_path(&self.prefix, id)).await
+    }
+
+    async fn read_revision(&self, at: Slot<'_>) -> Result<Option<Stored>> {
+        let path = rev_path(&self.prefix, &at)?;
+        let Some(read) = self.read(&path).await? else {
+            return Ok(None);
+        };
+        if !owned(&read.data) {
+            return Err(self.foreign(&path));
+        }
+        let (value, epoch) = decode_revision(&at, &read.data)?;
+        Ok(Some(Stored {
+            value: value.into(),
+            epoch,
+            tag: self.tag_of(&read),
+        }))
+    }
+
+    async fn write_revision(
+        &self,
+        at: Slot<'_>,
+        value: &Value,
+        epoch: u64,
+        replace: Option<&str>,
+    ) -> Result<bool> {
+        let path = rev_path(&self.prefix, &at)?;
+        Ok(self
+            .write_if(at.id, &path, revision_data(value, epoch), replace)
+            .await?
+            .is_some())
+    }
+
+    async fn remove_revision(&self, at: Slot<'_>) -> Result<()> {
+        self.remove(at.id, &rev_path(&self.prefix, &at)?).await
+    }
+
+    /// A LIST of the life's folder (delete paths only).
+    async fn list_revisions(
+        &self,
+        id: &TypeInstanceId,
+        life: &str,
+        _upto: u32,
+    ) -> Result<Vec<u32>> {
+        let keys = self.list(&life_dir(&self.prefix, id, life)?).await?;
+        Ok(revision_numbers(&keys))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> TypeInstanceId {
+        TypeInstanceId::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn revisions_live_under_their_life_or_under_rev_for_legacy_heads() {
+        let ti = id("ti-1");
+        let at = |life, rev| Slot { id: &ti, life, rev };
+        assert_eq!(head_path("capact", &ti), "capact/ti-1/meta");
+        assert_eq!(
+            rev_path("capact", &at("00ff00ff00ff00ff", 3))
+                .ok()
+                .as_deref(),
+            Some("capact/ti-1/00ff00ff00ff00ff/3")
+        );
+        assert_eq!(
+            rev_path("capact", &at("", 2)).ok().as_deref(),
+            Some("capact/ti-1/rev/2")
+        );
+    }
+
+    #[test]
+    fn a_life_that_is_not_hex_never_becomes_a_path() {
+        let ti = id("ti");
+        for life in ["../other", "meta", "a/b", &"a".repeat(65)] {
+            let err = life_dir("capact", &ti, life).err();
+            assert_eq!(
+                err.map(|e| e.kind()),
+                Some(shared::ErrorKind::DataLoss),
+                "{life}"
+            );
+        }
+    }
+
+    #[test]
+    fn revision_data_round_trips_and_legacy_data_reads_as_epoch_0() {
+        let ti = id("ti");
+        let at = Slot {
+            id: &ti,
+            life: "",
+            rev: 1,
+        };
+        let data = revision_data(&Value::from(vec![0u8, 255, b'x']), 7);
+        assert!(owned(&data));
+        let decoded = decode_revision(&at, &data).ok();
+        assert_eq!(decoded, Some((vec![0u8, 255, b'x'], 7)));
+        let Json::Object(legacy) = json!({"managed_by": MANAGED_BY, "value": "eA=="}) else {
+            panic!("not an object");
+        };
+        assert_eq!(decode_revision(&at, &legacy).ok(), Some((b"x".to_vec(), 0)));
+        let Json::Object(bad) = json!({"managed_by": MANAGED_BY, "value": "eA==", "epoch": "x"})
+        else {
+            panic!("not an object");
+        };
+        assert!(decode_revision(&at, &bad).is_err());
+    }
+
+    #[test]
+    fn only_plain_positive_numbers_are_revisions() {
+        let keys: Vec<String> = ["1", "2", "0", "07", "x", "3/", "+4", "10"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut revs = revision_numbers(&keys);
+        revs.sort_unstable();
+        assert_eq!(revs, vec![1, 2, 10]);
+    }
+
+    #[test]
+    fn kv1_tags_never_repeat() {
+        let tags = Kv1Tags::new();
+        let (a, b) = (tags.next(), tags.next());
+        assert_ne!(a, b);
+        assert_ne!(Kv1Tags::new().next(), a);
     }
 }

@@ -1,12 +1,15 @@
 //! The backend binary against a real OpenBao dev server: the conformance
 //! suite on KV v2, KV v1 and over TLS, every login method we can run here,
-//! token renewal, a denying policy, an outage, and what the logs contain.
+//! token renewal, a denying policy, an outage, what the logs contain, data
+//! in the layout of the previous version, and two processes racing.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use bytes::Bytes;
+use serde_json::{Map, Value as Json, json};
 use shared::proto::storage_backend as pb;
 use support::{BackendProcess, Bao, ROOT_TOKEN, path_str};
 use testkit::{assert_clean, conformance};
@@ -60,6 +63,38 @@ async fn update(b: &BackendProcess, id: &str, rev: u32, value: &[u8]) -> Result<
         })
         .await
         .map(|_| ())
+}
+
+async fn delete(b: &BackendProcess, id: &str) -> Result<(), tonic::Status> {
+    b.client()
+        .await
+        .on_delete(pb::OnDeleteValueAndContextRequest {
+            type_instance_id: id.into(),
+            context: None,
+            owner_id: None,
+        })
+        .await
+        .map(|_| ())
+}
+
+/// A vaultrs client with the root token, to read and write behind the
+/// backend's back.
+fn root_client(bao: &Bao) -> vaultrs::client::VaultClient {
+    // reqwest is built without a crypto provider (see vault::build).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let settings = vaultrs::client::VaultClientSettingsBuilder::default()
+        .address(bao.addr())
+        .token(ROOT_TOKEN)
+        .build()
+        .expect("vault client settings");
+    vaultrs::client::VaultClient::new(settings).expect("vault client")
+}
+
+fn object(value: Json) -> Map<String, Json> {
+    match value {
+        Json::Object(m) => m,
+        other => panic!("not a JSON object: {other}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -468,4 +503,91 @@ subjects:
     let logins = backend.logs().matches("logged in to vault").count();
     assert!(logins >= 3, "only {logins} kubernetes logins in 10 s");
     assert!(!backend.logs().contains(&app.token));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn legacy_layout_written_by_the_previous_version_is_still_served() {
+    let bao = Bao::start();
+    let client = root_client(&bao);
+    let b64 = |v: &[u8]| base64::engine::general_purpose::STANDARD.encode(v);
+    // Exactly what the version before the revision engine wrote: a head
+    // without life or epoch, and revisions under `rev/` without an epoch.
+    let secrets = [
+        (
+            "capact/legacy-1/meta",
+            json!({"managed_by": "capact-storage", "latest": 2, "lock": null, "deleting": false}),
+        ),
+        (
+            "capact/legacy-1/rev/1",
+            json!({"managed_by": "capact-storage", "value": b64(b"\"one\"")}),
+        ),
+        (
+            "capact/legacy-1/rev/2",
+            json!({"managed_by": "capact-storage", "value": b64(b"\"two\"")}),
+        ),
+    ];
+    for (path, data) in secrets {
+        vaultrs::kv2::set(&client, "secret", path, &object(data))
+            .await
+            .unwrap_or_else(|e| panic!("write {path}: {e}"));
+    }
+    let backend = start_backend(&root_env(&bao)).serving().await;
+
+    assert_eq!(
+        get(&backend, "legacy-1", 1).await.expect("get 1"),
+        b"\"one\""
+    );
+    assert_eq!(
+        get(&backend, "legacy-1", 2).await.expect("get 2"),
+        b"\"two\""
+    );
+    let missing = get(&backend, "legacy-1", 3)
+        .await
+        .expect_err("no revision 3 yet");
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+    assert_eq!(
+        missing.message(),
+        "TypeInstance \"legacy-1\" in revision 3 was not found"
+    );
+
+    update(&backend, "legacy-1", 3, b"\"three\"")
+        .await
+        .unwrap_or_else(|s| panic!("update to 3: {s:?}\n{}", backend.logs()));
+    assert_eq!(
+        get(&backend, "legacy-1", 3).await.expect("get 3"),
+        b"\"three\""
+    );
+    assert_eq!(
+        get(&backend, "legacy-1", 1).await.expect("get 1 again"),
+        b"\"one\""
+    );
+    // The head still has no life, so revision 3 joined the old folder.
+    let keys = vaultrs::kv2::list(&client, "secret", "capact/legacy-1/rev")
+        .await
+        .expect("list rev/");
+    assert!(keys.contains(&"3".to_owned()), "{keys:?}");
+
+    delete(&backend, "legacy-1")
+        .await
+        .unwrap_or_else(|s| panic!("delete: {s:?}\n{}", backend.logs()));
+    for rev in 1..=3 {
+        let status = get(&backend, "legacy-1", rev).await.expect_err("deleted");
+        assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    }
+    let status = delete(&backend, "legacy-1").await.expect_err("deleted");
+    assert_eq!(status.message(), "TypeInstance \"legacy-1\" was not found");
+    // Head and revisions are gone for good, metadata included.
+    let left = vaultrs::kv2::list(&client, "secret", "capact/legacy-1").await;
+    assert!(
+        left.as_ref().map_or(true, Vec::is_empty),
+        "left behind: {left:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_backends_racing_on_one_openbao_never_violate_the_fence() {
+    let bao = Bao::start();
+    let a = start_backend(&root_env(&bao)).serving().await;
+    let b = start_backend(&root_env(&bao)).serving().await;
+    testkit::assert_races_clean(&a.url, &b.url, 200).await;
 }

@@ -32,17 +32,13 @@ async fn serve<S: shared::engine::HeadStore>(
 }
 
 /// Two servers over one store: each with its own engine, as two processes.
-async fn pair() -> (String, String, impl Drop) {
+async fn pair() -> (String, String, Guard) {
     let store = Arc::new(MemoryStore::<false>::new());
     let a = Arc::new(Engine::new(Arc::clone(&store), Options::default()));
     let b = Arc::new(Engine::new(store, Options::default()));
     let (ua, sa) = serve(a).await;
     let (ub, sb) = serve(b).await;
-    (ua, ub, (sa, sb).into_guard())
-}
-
-trait IntoGuard {
-    fn into_guard(self) -> Guard;
+    (ua, ub, Guard(vec![sa, sb]))
 }
 
 struct Guard(Vec<tokio::sync::oneshot::Sender<()>>);
@@ -52,17 +48,6 @@ impl Drop for Guard {
         for s in self.0.drain(..) {
             let _ = s.send(());
         }
-    }
-}
-
-impl IntoGuard
-    for (
-        tokio::sync::oneshot::Sender<()>,
-        tokio::sync::oneshot::Sender<()>,
-    )
-{
-    fn into_guard(self) -> Guard {
-        Guard(vec![self.0, self.1])
     }
 }
 
