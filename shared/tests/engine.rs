@@ -17,7 +17,7 @@ use shared::{
     Context, ErrorKind, Owner, Revision, TypeInstanceId, Value, ValueBackend,
     engine::{
         Clock, Engine, Intent, Options,
-        memory::{Contents, MemoryStore},
+        memory::{CONDITIONAL, Contents, KEEP, MemoryStore, UNCONDITIONAL},
     },
 };
 
@@ -219,7 +219,7 @@ async fn observe<B: ValueBackend>(b: &B) -> Model {
     m
 }
 
-fn engine<const C: bool>(store: MemoryStore<C>) -> Engine<MemoryStore<C>> {
+fn engine<const C: u8>(store: MemoryStore<C>) -> Engine<MemoryStore<C>> {
     Engine::new(
         store,
         Options {
@@ -343,7 +343,7 @@ fn crash_scenarios() -> Vec<(&'static str, Vec<Op>, Op)> {
     ]
 }
 
-async fn crash_points<const C: bool>() {
+async fn crash_points<const C: u8>() {
     let lease = Options::default().lease + Duration::from_secs(1);
     for (name, setup, op) in crash_scenarios() {
         // How many store calls the operation makes when nothing fails.
@@ -405,12 +405,12 @@ async fn crash_points<const C: bool>() {
 
 #[tokio::test(start_paused = true)]
 async fn every_operation_is_atomic_and_completed_by_its_retry_after_a_crash_at_any_call() {
-    crash_points::<false>().await;
+    crash_points::<UNCONDITIONAL>().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_same_holds_where_the_head_is_removed_conditionally() {
-    crash_points::<true>().await;
+    crash_points::<CONDITIONAL>().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -483,7 +483,7 @@ fn random_op(rng: &mut fastrand::Rng) -> Op {
     }
 }
 
-async fn interleaving<const C: bool>(seed: u64) -> Result<(), String> {
+async fn interleaving<const C: u8>(seed: u64) -> Result<(), String> {
     fastrand::seed(seed);
     let mut rng = fastrand::Rng::with_seed(seed);
     let e = Arc::new(engine(MemoryStore::<C>::new().with_shuffle(seed)));
@@ -558,7 +558,21 @@ fn seeds() -> Vec<u64> {
 #[tokio::test(start_paused = true)]
 async fn random_interleavings_are_linearizable() {
     for seed in seeds() {
-        if let Err(e) = interleaving::<false>(seed).await {
+        if let Err(e) = interleaving::<UNCONDITIONAL>(seed).await {
+            panic!("{e}");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_same_holds_where_deleted_heads_are_kept() {
+    crash_points::<KEEP>().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn random_interleavings_are_linearizable_where_deleted_heads_are_kept() {
+    for seed in seeds() {
+        if let Err(e) = interleaving::<KEEP>(seed).await {
             panic!("{e}");
         }
     }
@@ -567,7 +581,7 @@ async fn random_interleavings_are_linearizable() {
 #[tokio::test(start_paused = true)]
 async fn random_interleavings_are_linearizable_with_conditional_head_removal() {
     for seed in seeds() {
-        if let Err(e) = interleaving::<true>(seed).await {
+        if let Err(e) = interleaving::<CONDITIONAL>(seed).await {
             panic!("{e}");
         }
     }
@@ -581,7 +595,9 @@ async fn an_owner_less_update_never_commits_after_another_owners_lock() {
     // Interleave by hand: the update's claim, then the lock, then the rest.
     for seed in 0..200 {
         fastrand::seed(seed);
-        let e = Arc::new(engine(MemoryStore::<false>::new().with_shuffle(seed)));
+        let e = Arc::new(engine(
+            MemoryStore::<UNCONDITIONAL>::new().with_shuffle(seed),
+        ));
         apply_all(&*e, &[Op::Create(v("x"))]).await;
         let upd = {
             let e = Arc::clone(&e);
@@ -603,7 +619,7 @@ async fn an_owner_less_update_never_commits_after_another_owners_lock() {
 
 #[tokio::test(start_paused = true)]
 async fn a_stale_intent_of_a_dead_call_is_taken_over_after_its_lease() {
-    let e = engine(MemoryStore::<false>::new());
+    let e = engine(MemoryStore::<UNCONDITIONAL>::new());
     apply_all(&e, &[Op::Create(v("x")), Op::Update(2, v("y"), None)]).await;
     // Crash a delete-revision right after it recorded its intent (read
     // head, read revision, record).

@@ -18,7 +18,7 @@ use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 use shared::{
     Describe, Error, Result, TypeInstanceId, Value,
-    engine::{Head, HeadStore, Intent, Slot, Stored},
+    engine::{Head, HeadRemoval, HeadStore, Intent, Slot, Stored},
     metrics::store_call,
 };
 use shared_kube::Call;
@@ -386,7 +386,7 @@ impl SecretStore {
 #[async_trait]
 impl HeadStore for SecretStore {
     /// Head deletes carry uid + resourceVersion preconditions.
-    const CONDITIONAL_HEAD_REMOVAL: bool = true;
+    const HEAD_REMOVAL: HeadRemoval = HeadRemoval::Conditional;
 
     fn describe(&self) -> Describe {
         Describe {

@@ -27,7 +27,7 @@ use base64::Engine as _;
 use serde_json::{Map, Value as Json, json};
 use shared::{
     Describe, Error, Result, TypeInstanceId, Value,
-    engine::{Head, HeadStore, MANAGED_BY, Slot, Stored, head::foreign},
+    engine::{Head, HeadRemoval, HeadStore, MANAGED_BY, Slot, Stored, head::foreign},
 };
 use vaultrs::{
     api::{self, kv2::requests::ReadSecretRequest, kv2::requests::SetSecretRequestOptions},
@@ -523,6 +523,12 @@ fn revision_numbers(keys: &[String]) -> Vec<u32> {
 
 #[async_trait]
 impl HeadStore for VaultStore {
+    // KV v2 versions restart at 1 when metadata is deleted: a removed and
+    // re-created head could match a stale cas. The head of a deleted
+    // TypeInstance therefore stays (marked deleted; one small secret per
+    // deleted id) and a later create replaces it by cas.
+    const HEAD_REMOVAL: HeadRemoval = HeadRemoval::Keep;
+
     fn describe(&self) -> Describe {
         Describe {
             name: "vault",
@@ -599,8 +605,7 @@ impl HeadStore for VaultStore {
             .await
     }
 
-    /// Unconditional: removal of metadata has no cas (hence
-    /// `CONDITIONAL_HEAD_REMOVAL` stays false).
+    /// Not called with [`HeadRemoval::Keep`]; removes everything if it is.
     async fn remove_head(&self, id: &TypeInstanceId, _tag: &str) -> Result<()> {
         self.remove(id, &head_path(&self.prefix, id)).await
     }

@@ -15,7 +15,7 @@ use std::{
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{Head, HeadStore, Slot, Stored};
+use super::{Head, HeadRemoval, HeadStore, Slot, Stored};
 use crate::{Describe, Error, Result, TypeInstanceId, Value};
 
 /// What the store holds, as plain data for invariant checks.
@@ -27,9 +27,13 @@ pub struct Contents {
     pub objects: BTreeMap<(String, String, u32), (Bytes, u64, u64)>,
 }
 
-/// The store. `COND`: whether head removal honours the tag (as on
-/// Kubernetes) or is unconditional (as on Vault, S3, Secrets Manager).
-pub struct MemoryStore<const COND: bool = false> {
+/// `MODE` of a [`MemoryStore`]: how it removes heads ([`HeadRemoval`]).
+pub const UNCONDITIONAL: u8 = 0;
+pub const CONDITIONAL: u8 = 1;
+pub const KEEP: u8 = 2;
+
+/// The store, removing heads as `MODE` says.
+pub struct MemoryStore<const MODE: u8 = UNCONDITIONAL> {
     contents: Mutex<Contents>,
     /// Version counter: tags never repeat, even across removal.
     version: AtomicU64,
@@ -40,13 +44,13 @@ pub struct MemoryStore<const COND: bool = false> {
     shuffle: Mutex<Option<fastrand::Rng>>,
 }
 
-impl<const COND: bool> Default for MemoryStore<COND> {
+impl<const MODE: u8> Default for MemoryStore<MODE> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<const COND: bool> MemoryStore<COND> {
+impl<const MODE: u8> MemoryStore<MODE> {
     pub fn new() -> Self {
         MemoryStore {
             contents: Mutex::new(Contents::default()),
@@ -125,8 +129,12 @@ fn parse_tag(tag: &str) -> u64 {
 }
 
 #[async_trait]
-impl<const COND: bool> HeadStore for MemoryStore<COND> {
-    const CONDITIONAL_HEAD_REMOVAL: bool = COND;
+impl<const MODE: u8> HeadStore for MemoryStore<MODE> {
+    const HEAD_REMOVAL: HeadRemoval = match MODE {
+        CONDITIONAL => HeadRemoval::Conditional,
+        KEEP => HeadRemoval::Keep,
+        _ => HeadRemoval::Unconditional,
+    };
 
     fn describe(&self) -> Describe {
         Describe {
@@ -200,7 +208,7 @@ impl<const COND: bool> HeadStore for MemoryStore<COND> {
                 .heads
                 .get(id.as_str())
                 .is_some_and(|e| e.1 == parse_tag(tag));
-            if matches || !COND {
+            if matches || MODE != CONDITIONAL {
                 c.heads.remove(id.as_str());
             }
         }

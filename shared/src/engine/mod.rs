@@ -65,16 +65,30 @@ impl fmt::Debug for Stored {
     }
 }
 
+/// How a store removes the head of a deleted TypeInstance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadRemoval {
+    /// Only at the tag read (Kubernetes preconditions): removed at once.
+    Conditional,
+    /// Unconditionally (S3, Secrets Manager): the engine first marks the
+    /// head [`Intent::Deleted`], and only that caller removes it, so a later
+    /// create never loses its head to a late removal; a create waits for the
+    /// mark's lease before taking it over.
+    Unconditional,
+    /// Never: the head stays marked [`Intent::Deleted`] and a later create
+    /// replaces it at once. For stores whose versions restart when a record
+    /// is removed (Vault KV v2), where a removed and re-created head could
+    /// match a stale tag.
+    Keep,
+}
+
 /// The primitives a head-based store offers. Every method is one (or, for
 /// stores without the primitive, a few) store calls; none decides anything
 /// the protocol cares about.
 #[async_trait]
 pub trait HeadStore: Send + Sync + 'static {
-    /// Whether [`HeadStore::remove_head`] honours the tag (Kubernetes
-    /// preconditions). Without it the engine first marks the head
-    /// [`Intent::Deleted`], so a later create never loses its head to a late
-    /// removal.
-    const CONDITIONAL_HEAD_REMOVAL: bool = false;
+    /// How this store removes a deleted TypeInstance's head.
+    const HEAD_REMOVAL: HeadRemoval = HeadRemoval::Unconditional;
 
     fn describe(&self) -> Describe;
 
@@ -97,8 +111,8 @@ pub trait HeadStore: Send + Sync + 'static {
         tag: &str,
     ) -> Result<Option<String>>;
 
-    /// Removes the head; only at `tag` if [`Self::CONDITIONAL_HEAD_REMOVAL`].
-    /// Gone already is success.
+    /// Removes the head; only at `tag` if [`HeadRemoval::Conditional`].
+    /// Gone already is success. Never called for [`HeadRemoval::Keep`].
     async fn remove_head(&self, id: &TypeInstanceId, tag: &str) -> Result<()>;
 
     async fn read_revision(&self, at: Slot<'_>) -> Result<Option<Stored>>;
@@ -144,7 +158,7 @@ pub trait HeadStore: Send + Sync + 'static {
 /// One store behind several engines (tests: two "processes" on one store).
 #[async_trait]
 impl<S: HeadStore> HeadStore for Arc<S> {
-    const CONDITIONAL_HEAD_REMOVAL: bool = S::CONDITIONAL_HEAD_REMOVAL;
+    const HEAD_REMOVAL: HeadRemoval = S::HEAD_REMOVAL;
 
     fn describe(&self) -> Describe {
         (**self).describe()
@@ -400,19 +414,20 @@ impl<S: HeadStore> Engine<S> {
         // The projection goes before the head, so a retry (which finds the
         // head) still removes it.
         self.store.project(id, None).await?;
-        if S::CONDITIONAL_HEAD_REMOVAL {
+        if S::HEAD_REMOVAL == HeadRemoval::Conditional {
+            return self.store.remove_head(id, &tag).await;
+        }
+        let done = Head {
+            intent: Some(Intent::Deleted { since: self.now() }),
+            ..head
+        };
+        // Only the caller that recorded `Deleted` removes the head, right
+        // away; a create takes over a `Deleted` head only once its lease has
+        // expired (or at once where heads are kept).
+        if let Some(tag) = self.store.replace_head(id, &done, &tag).await?
+            && S::HEAD_REMOVAL == HeadRemoval::Unconditional
+        {
             self.store.remove_head(id, &tag).await?;
-        } else {
-            let done = Head {
-                intent: Some(Intent::Deleted { since: self.now() }),
-                ..head
-            };
-            // Only the caller that recorded `Deleted` removes the head, right
-            // away; a create takes over a `Deleted` head only once its lease
-            // has expired.
-            if let Some(tag) = self.store.replace_head(id, &done, &tag).await? {
-                self.store.remove_head(id, &tag).await?;
-            }
         }
         Ok(())
     }
@@ -791,6 +806,9 @@ impl<S: HeadStore> ValueBackend for Engine<S> {
                     let replaceable = match &h.intent {
                         Some(Intent::Delete { .. }) => {
                             self.purge(id, &h.life, h.latest.max(1)).await?;
+                            true
+                        }
+                        Some(Intent::Deleted { .. }) if S::HEAD_REMOVAL == HeadRemoval::Keep => {
                             true
                         }
                         Some(i @ Intent::Deleted { .. }) | Some(i @ Intent::Write { .. }) => {

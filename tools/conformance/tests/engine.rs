@@ -8,7 +8,10 @@ mod support;
 use std::sync::Arc;
 
 use conformance::{Connect, Target};
-use shared::engine::{Engine, Options, memory::MemoryStore};
+use shared::engine::{
+    Engine, Options,
+    memory::{MemoryStore, UNCONDITIONAL},
+};
 use support::server_config;
 
 async fn serve<S: shared::engine::HeadStore>(
@@ -33,7 +36,7 @@ async fn serve<S: shared::engine::HeadStore>(
 
 /// Two servers over one store: each with its own engine, as two processes.
 async fn pair() -> (String, String, Guard) {
-    let store = Arc::new(MemoryStore::<false>::new());
+    let store = Arc::new(MemoryStore::<UNCONDITIONAL>::new());
     let a = Arc::new(Engine::new(Arc::clone(&store), Options::default()));
     let b = Arc::new(Engine::new(store, Options::default()));
     let (ua, sa) = serve(a).await;
