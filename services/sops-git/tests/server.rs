@@ -403,3 +403,18 @@ async fn ids_that_git_treats_specially_are_stored_like_any_other() {
         assert_eq!(&t.get(id, 1).await.expect("get")[..], id.as_bytes(), "{id}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_backends_racing_on_one_remote_never_violate_the_fence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let remote = bare_repo(dir.path(), "remote.git");
+    let (key_file, _) = age_keygen(dir.path());
+    let key = key_file.to_string_lossy().into_owned();
+    let env = [
+        ("APP_GIT_REMOTE", remote.as_str()),
+        ("APP_SOPS_AGE_KEY_FILE", &key),
+    ];
+    let a = start_backend(&dir.path().join("a"), &env).await;
+    let b = start_backend(&dir.path().join("b"), &env).await;
+    testkit::assert_races_clean(&a.url, &b.url, 200).await;
+}
