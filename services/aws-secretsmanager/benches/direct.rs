@@ -5,13 +5,15 @@
 //! `cargo bench -p aws-secretsmanager --bench direct` (needs `moto_server`:
 //! see tests/setup.sh). Rows, at concurrency 1 and 16, a fixed number of calls each:
 //! - `get cN backend`: GetValue of revision 1 through the backend;
-//! - `get cN direct`: GetSecretValue of the same secret (`capact/<id>/1`);
+//! - `get cN direct`: the two GetSecretValue calls the backend makes (the
+//!   head `capact/<id>/head`, then `capact/<id>/<life>/1`);
 //! - `update cN backend`: OnUpdate to the next revision, each worker on its
 //!   own TypeInstance;
-//! - `update cN direct`: the four calls the backend makes for one OnUpdate
-//!   (read the head, put the next head version, move AWSCURRENT, create the
-//!   revision secret with the backend's tags), made directly, in
-//!   alternating rounds with the backend row;
+//! - `update cN direct`: the six calls the backend makes for one OnUpdate
+//!   (read the head; the claim: put the next head version, move AWSCURRENT;
+//!   create the revision secret with the backend's tags; the commit: put
+//!   and move again), made directly, in alternating rounds with the backend
+//!   row;
 //! - `update cN create-only`: one CreateSecret of a new secret, the least a
 //!   create-only revision write costs, for scale (alone it could not check
 //!   a lock or claim the revision).
@@ -117,9 +119,11 @@ async fn bench_all() -> Result<Report, String> {
                 let (client, ids) = (Arc::clone(&client), Arc::clone(&ids));
                 async move {
                     let id = &ids[(seq % ids.len() as u64) as usize];
+                    let (head, _) = read_head(&client, &format!("{PREFIX}/{id}/head")).await?;
+                    let life = head["life"].as_str().unwrap_or_default();
                     client
                         .get_secret_value()
-                        .secret_id(format!("{PREFIX}/{id}/1"))
+                        .secret_id(format!("{PREFIX}/{id}/{life}/1"))
                         .version_stage("AWSCURRENT")
                         .send()
                         .await
@@ -158,15 +162,15 @@ async fn bench_all() -> Result<Report, String> {
         .await?;
         report.row(&name, checked(&name, stats)?);
 
-        // Direct, the backend's four calls, each worker on its own head.
+        // Direct, the backend's six calls, each worker on its own head.
         let mut slots = Vec::new();
         for i in 0..concurrency {
-            let base = format!("bench-direct4/{run_id}-c{concurrency}-{i}");
+            let base = format!("bench-direct6/{run_id}-c{concurrency}-{i}");
             direct
                 .create_secret()
                 .name(format!("{base}/head"))
                 .client_request_token(uuid::Uuid::new_v4().simple().to_string())
-                .secret_string(head_json(1))
+                .secret_string(head_json(1, None))
                 .send()
                 .await
                 .map_err(|e| err("create head", e))?;
@@ -178,7 +182,7 @@ async fn bench_all() -> Result<Report, String> {
             let (client, pool, text) = (Arc::clone(&client), Arc::clone(&pool), Arc::clone(&text2));
             async move {
                 let (base, latest) = pool.take()?;
-                let result = four_calls(&client, &base, latest + 1, &text).await;
+                let result = six_calls(&client, &base, latest + 1, &text).await;
                 pool.give((base, if result.is_ok() { latest + 1 } else { latest }));
                 result
             }
@@ -222,58 +226,99 @@ async fn bench_all() -> Result<Report, String> {
     Ok(report)
 }
 
-fn head_json(latest: u32) -> String {
-    format!(
-        r#"{{"managed_by":"capact-storage","state":"live","latest":{latest},"lock":null,"high":{latest}}}"#
-    )
+/// A head as the backend writes it; `claim` records a write of that
+/// revision in progress.
+fn head_json(latest: u32, claim: Option<u32>) -> String {
+    let mut head = serde_json::json!({
+        "managed_by": "capact-storage",
+        "life": LIFE,
+        "latest": latest,
+        "lock": null,
+        "epoch": 0,
+    });
+    if let Some(rev) = claim {
+        head["intent"] = serde_json::json!({
+            "kind": "write",
+            "rev": rev,
+            "nonce": uuid::Uuid::new_v4().simple().to_string()[..16],
+            "digest": "00000000000000000000000000000000",
+            "since": 0,
+        });
+    }
+    head.to_string()
 }
 
-/// What the backend does for one OnUpdate of a new revision, as plain SDK
-/// calls: read the head, write its next version under a pending label,
-/// move AWSCURRENT to it (the compare-and-swap), create the revision secret.
-async fn four_calls(client: &Client, base: &str, next: u32, text: &str) -> Result<(), String> {
-    let head = format!("{base}/head");
+/// The life of the heads the direct rows write (16 hex characters, as the
+/// backend makes them).
+const LIFE: &str = "00000000000000d1";
+
+/// The head `name` as JSON, and the version carrying AWSCURRENT.
+async fn read_head(client: &Client, name: &str) -> Result<(serde_json::Value, String), String> {
     let current = client
         .get_secret_value()
-        .secret_id(&head)
+        .secret_id(name)
         .version_stage("AWSCURRENT")
         .send()
         .await
         .map_err(|e| err("read head", e))?;
-    let from = current
+    let head = serde_json::from_str(current.secret_string().unwrap_or_default())
+        .map_err(|e| err("head is not json", e))?;
+    let version = current
         .version_id
         .ok_or_else(|| "head without version id".to_owned())?;
+    Ok((head, version))
+}
+
+/// The head compare-and-swap: a new version under a pending label, then
+/// AWSCURRENT moved to it from `from`. Returns the new version id.
+async fn swap_head(
+    client: &Client,
+    name: &str,
+    json: String,
+    from: &str,
+) -> Result<String, String> {
     let version = uuid::Uuid::new_v4().simple().to_string();
     client
         .put_secret_value()
-        .secret_id(&head)
+        .secret_id(name)
         .client_request_token(&version)
-        .secret_string(head_json(next))
+        .secret_string(json)
         .version_stages("capact-pending")
         .send()
         .await
         .map_err(|e| err("put head", e))?;
     client
         .update_secret_version_stage()
-        .secret_id(&head)
+        .secret_id(name)
         .version_stage("AWSCURRENT")
         .move_to_version_id(&version)
-        .remove_from_version_id(&from)
+        .remove_from_version_id(from)
         .send()
         .await
         .map_err(|e| err("move stage", e))?;
+    Ok(version)
+}
+
+/// What the backend does for one OnUpdate of a new revision, as plain SDK
+/// calls: read the head, claim the revision in it (compare-and-swap),
+/// create the revision secret, commit it in the head (compare-and-swap).
+async fn six_calls(client: &Client, base: &str, next: u32, text: &str) -> Result<(), String> {
+    let head = format!("{base}/head");
+    let (_, from) = read_head(client, &head).await?;
+    let claimed = swap_head(client, &head, head_json(next - 1, Some(next)), &from).await?;
     // The tags the backend puts on a revision secret.
     let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
     client
         .create_secret()
-        .name(format!("{base}/{next}"))
-        .client_request_token(uuid::Uuid::new_v4().simple().to_string())
+        .name(format!("{base}/{LIFE}/{next}"))
+        .client_request_token(format!("e0-{}", uuid::Uuid::new_v4().simple()))
         .secret_string(text)
         .tags(tag("managed-by", "capact-storage"))
         .tags(tag("capact-type-instance-id", base))
         .tags(tag("capact-role", "revision"))
         .send()
         .await
-        .map(drop)
-        .map_err(|e| err("create revision", e))
+        .map_err(|e| err("create revision", e))?;
+    swap_head(client, &head, head_json(next, None), &claimed).await?;
+    Ok(())
 }

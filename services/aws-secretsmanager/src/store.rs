@@ -12,7 +12,7 @@ use aws_sdk_secretsmanager::{
 };
 use shared::{
     Describe, Error, Result, TypeInstanceId, Value,
-    engine::{Head, HeadStore, Intent, MANAGED_BY, Slot, Stored, head, rules},
+    engine::{Head, HeadRemoval, HeadStore, Intent, MANAGED_BY, Slot, Stored, head, rules},
     metrics::store_call,
 };
 
@@ -488,6 +488,10 @@ fn decode_head(name: &str, payload: &Payload) -> Result<Head> {
 
 #[async_trait]
 impl HeadStore for SecretsStore {
+    // DeleteSecret takes no version: the engine marks the head deleted by
+    // the stage compare-and-swap before removing it.
+    const HEAD_REMOVAL: HeadRemoval = HeadRemoval::Unconditional;
+
     fn describe(&self) -> Describe {
         Describe {
             name: "aws-secretsmanager",
@@ -560,8 +564,8 @@ impl HeadStore for SecretsStore {
             .await
     }
 
-    /// Unconditional (Secrets Manager has no conditional delete): the
-    /// engine marks the head deleted by the stage compare-and-swap first.
+    /// DeleteSecret with the recovery window (or force): a later create
+    /// restores the name (see `create_head`).
     async fn remove_head(&self, id: &TypeInstanceId, _tag: &str) -> Result<()> {
         self.secrets.delete(&self.head_name(id)).await
     }
@@ -665,7 +669,12 @@ impl HeadStore for SecretsStore {
 
     /// `1..=upto` without a listing: ListSecrets is eventually consistent,
     /// and removing a revision that does not exist is a cheap success.
-    async fn list_revisions(&self, _id: &TypeInstanceId, _life: &str, upto: u32) -> Result<Vec<u32>> {
+    async fn list_revisions(
+        &self,
+        _id: &TypeInstanceId,
+        _life: &str,
+        upto: u32,
+    ) -> Result<Vec<u32>> {
         Ok((1..=upto).collect())
     }
 
@@ -678,7 +687,11 @@ impl HeadStore for SecretsStore {
         rev: u32,
     ) -> Result<Option<u32>> {
         for r in (1..rev).rev() {
-            if self.read_revision(Slot { id, life, rev: r }).await?.is_some() {
+            if self
+                .read_revision(Slot { id, life, rev: r })
+                .await?
+                .is_some()
+            {
                 return Ok(Some(r));
             }
         }

@@ -424,6 +424,46 @@ async fn concurrent_updates_of_one_revision_in_two_processes_have_exactly_one_wi
     }
 }
 
+/// Re-creates within the recovery window race on the restored head: of
+/// concurrent creators with different bytes exactly one wins.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_re_creates_within_the_recovery_window_have_exactly_one_winner() {
+    let moto = Moto::start();
+    let (_procs, targets) = two_backends(&moto).await;
+    for round in 0..3 {
+        let id = format!("race-recreate-{round}");
+        targets[0].create(&id, b"old").await.expect("create");
+        targets[0].delete(&id, None).await.expect("delete");
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let t = Arc::clone(&targets[i % 2]);
+            let id = id.clone();
+            tasks.push(tokio::spawn(async move {
+                let value = format!("creator-{i}");
+                (value.clone(), t.create(&id, value.as_bytes()).await)
+            }));
+        }
+        let mut winners = Vec::new();
+        for task in tasks {
+            let (value, result) = task.await.expect("task");
+            match result {
+                Ok(_) => winners.push(value),
+                Err(s) => assert!(
+                    matches!(s.code(), Code::AlreadyExists | Code::Aborted),
+                    "{value}: {s:?}"
+                ),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: winners {winners:?}");
+        for t in &targets {
+            assert_eq!(
+                t.get(&id, 1).await.expect("get").as_ref(),
+                winners[0].as_bytes()
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn racing_writers_of_successive_revisions_lose_none() {
     let moto = Moto::start();

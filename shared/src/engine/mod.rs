@@ -579,12 +579,18 @@ impl<S: HeadStore> Engine<S> {
                     .await?;
                 return Ok(Commit::Done);
             }
-            let Some((h, t)) = self.store.read_head(id).await? else {
+            let current = self.store.read_head(id).await?;
+            let dead = match &current {
+                None => true,
+                Some((h, _)) => h.life != life || h.intent.as_ref().is_some_and(Intent::is_delete),
+            };
+            let Some((h, t)) = current.filter(|_| !dead) else {
+                // Deleted while we wrote: our object belongs to a dead life,
+                // which anyone may clean; do it now rather than leave it to
+                // a cleanup that may have listed the life before we wrote.
+                self.store.remove_revision(slot).await?;
                 return Ok(Commit::Failed(rules::not_found(id)));
             };
-            if h.intent.as_ref().is_some_and(Intent::is_delete) {
-                return Ok(Commit::Failed(rules::not_found(id)));
-            }
             if !claimed_by(&h, rev, nonce) {
                 // Our claim outlived its lease and was taken over.
                 return Ok(Commit::Failed(rules::busy(id)));
