@@ -436,10 +436,29 @@ impl<S: HeadStore> Engine<S> {
     async fn finish_delete_revision(
         &self,
         id: &TypeInstanceId,
-        mut head: Head,
-        mut tag: String,
+        head: Head,
+        tag: String,
         rev: u32,
     ) -> Result<()> {
+        let life = head.life.clone();
+        let still = |h: &Head| h.life == life && deleting_revision(h, rev);
+        match self.remove_and_clear(id, (head, tag), rev, still).await? {
+            Some(cleared) => self.project_latest(id, &cleared).await,
+            // Finished by someone else, or the TypeInstance is gone.
+            None => Ok(()),
+        }
+    }
+
+    /// Removes the object of `rev`, then clears the intent of `head` (at
+    /// `tag`) for as long as `still` recognises it as the one this call
+    /// owns. Returns the cleared head, or `None` if someone else moved on.
+    async fn remove_and_clear(
+        &self,
+        id: &TypeInstanceId,
+        (mut head, mut tag): (Head, String),
+        rev: u32,
+        still: impl Fn(&Head) -> bool + Send + Sync,
+    ) -> Result<Option<Head>> {
         self.store
             .remove_revision(Slot {
                 id,
@@ -454,15 +473,14 @@ impl<S: HeadStore> Engine<S> {
                 ..head.clone()
             };
             if self.store.replace_head(id, &next, &tag).await?.is_some() {
-                return self.project_latest(id, &next).await;
+                return Ok(Some(next));
             }
             match self.store.read_head(id).await? {
-                Some((h, t)) if h.life == head.life && deleting_revision(&h, rev) => {
+                Some((h, t)) if still(&h) => {
                     head = h;
                     tag = t;
                 }
-                // Finished by someone else, or the TypeInstance is gone.
-                _ => return Ok(()),
+                _ => return Ok(None),
             }
         }
         Err(rules::contended(id))
@@ -615,36 +633,15 @@ impl<S: HeadStore> Engine<S> {
     async fn abandon(
         &self,
         id: &TypeInstanceId,
-        mut head: Head,
-        mut tag: String,
+        head: Head,
+        tag: String,
         rev: u32,
         nonce: &str,
     ) -> Result<()> {
-        self.store
-            .remove_revision(Slot {
-                id,
-                life: &head.life,
-                rev,
-            })
-            .await?;
-        for attempt in self.attempts() {
-            self.backoff(attempt).await;
-            let next = Head {
-                intent: None,
-                ..head.clone()
-            };
-            if self.store.replace_head(id, &next, &tag).await?.is_some() {
-                return Ok(());
-            }
-            match self.store.read_head(id).await? {
-                Some((h, t)) if claimed_by(&h, rev, nonce) => {
-                    head = h;
-                    tag = t;
-                }
-                _ => return Ok(()),
-            }
-        }
-        Err(rules::contended(id))
+        let still = |h: &Head| claimed_by(h, rev, nonce);
+        self.remove_and_clear(id, (head, tag), rev, still)
+            .await
+            .map(drop)
     }
 
     fn finish(commit: Commit) -> Result<Option<Json>> {

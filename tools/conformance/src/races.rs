@@ -116,6 +116,41 @@ async fn setup(t: &Target, id: &str, revisions: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// What a lock race saw: the lock's answer, revision 2 as read right after
+/// the lock was acknowledged (through the locker), the other call's answer,
+/// and revision 2 as read after both answered.
+type LockRace = (
+    Result<(), Status>,
+    Result<Option<bool>, String>,
+    Result<(), Status>,
+    Result<bool, String>,
+);
+
+/// OnLock by another owner through `y`, at the same moment as `other`
+/// through `x`.
+async fn race_lock(
+    x: &Target,
+    y: &Target,
+    id: &str,
+    other: impl std::future::Future<Output = Result<(), Status>>,
+) -> LockRace {
+    let locker = async {
+        let r = y.lock(id, "race-holder").await;
+        // Read only after the lock was acknowledged.
+        let seen = if r.is_ok() {
+            Some(y.get(id, 2).await)
+        } else {
+            None
+        };
+        (r, seen)
+    };
+    let ((lock, seen), other) = tokio::join!(locker, other);
+    let after = x.get(id, 2).await;
+    let want = b"\"v2\"";
+    let seen = seen.as_ref().map(|s| found(s, want)).transpose();
+    (lock, seen, other, found(&after, want))
+}
+
 async fn lock_vs_delete_revision(
     x: &Target,
     y: &Target,
@@ -128,24 +163,10 @@ async fn lock_vs_delete_revision(
         report.violations.push(format!("{S} round {round}: {e}"));
         return;
     }
-    let locker = async {
-        let r = y.lock(id, "race-holder").await;
-        // Read only after the lock was acknowledged.
-        let seen = if r.is_ok() {
-            Some(y.get(id, 2).await)
-        } else {
-            None
-        };
-        (r, seen)
-    };
-    let ((lock, seen), del) = tokio::join!(locker, x.delete_revision(id, 2, None));
-    let after = x.get(id, 2).await;
+    let (lock, seen, del, after) = race_lock(x, y, id, x.delete_revision(id, 2, None)).await;
     report.saw(S, format!("lock={} delete={}", code(&lock), code(&del)));
     let mut bad = |why: String| report.violations.push(format!("{S} round {round}: {why}"));
-    let (seen, after) = match (
-        seen.as_ref().map(|s| found(s, b"\"v2\"")).transpose(),
-        found(&after, b"\"v2\""),
-    ) {
+    let (seen, after) = match (seen, after) {
         (Ok(s), Ok(a)) => (s, a),
         (Err(e), _) | (_, Err(e)) => return bad(e),
     };
@@ -174,23 +195,10 @@ async fn lock_vs_update(x: &Target, y: &Target, id: &str, round: usize, report: 
         report.violations.push(format!("{S} round {round}: {e}"));
         return;
     }
-    let locker = async {
-        let r = y.lock(id, "race-holder").await;
-        let seen = if r.is_ok() {
-            Some(y.get(id, 2).await)
-        } else {
-            None
-        };
-        (r, seen)
-    };
-    let ((lock, seen), upd) = tokio::join!(locker, x.update(id, 2, b"\"v2\"", None));
-    let after = x.get(id, 2).await;
+    let (lock, seen, upd, after) = race_lock(x, y, id, x.update(id, 2, b"\"v2\"", None)).await;
     report.saw(S, format!("lock={} update={}", code(&lock), code(&upd)));
     let mut bad = |why: String| report.violations.push(format!("{S} round {round}: {why}"));
-    let (seen, after) = match (
-        seen.as_ref().map(|s| found(s, b"\"v2\"")).transpose(),
-        found(&after, b"\"v2\""),
-    ) {
+    let (seen, after) = match (seen, after) {
         (Ok(s), Ok(a)) => (s, a),
         (Err(e), _) | (_, Err(e)) => return bad(e),
     };
