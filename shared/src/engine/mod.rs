@@ -316,6 +316,16 @@ fn claimed_for(h: &Head, rev: u32, digest: &str) -> bool {
     matches!(&h.intent, Some(Intent::Write { rev: r, digest: d, .. }) if *r == rev && d == digest)
 }
 
+/// ABORTED after the last attempt: because another call's unfinished work
+/// was in the way (`busy`), or because the head kept changing.
+fn gave_up(id: &TypeInstanceId, busy: bool) -> Error {
+    if busy {
+        rules::busy(id)
+    } else {
+        rules::contended(id)
+    }
+}
+
 /// Whether `h` is a claim of `rev` by `nonce`.
 fn claimed_by(h: &Head, rev: u32, nonce: &str) -> bool {
     matches!(&h.intent, Some(Intent::Write { rev: r, nonce: n, .. }) if *r == rev && n == nonce)
@@ -838,11 +848,7 @@ impl<S: HeadStore> ValueBackend for Engine<S> {
                 .await?;
             return Self::finish(commit);
         }
-        Err(if busy {
-            rules::busy(id)
-        } else {
-            rules::contended(id)
-        })
+        Err(gave_up(id, busy))
     }
 
     async fn update(
@@ -927,11 +933,7 @@ impl<S: HeadStore> ValueBackend for Engine<S> {
                 .await?;
             return Self::finish(commit);
         }
-        Err(if busy {
-            rules::busy(id)
-        } else {
-            rules::contended(id)
-        })
+        Err(gave_up(id, busy))
     }
 
     async fn delete(
@@ -1034,10 +1036,6 @@ impl<S: HeadStore> ValueBackend for Engine<S> {
                 return self.finish_delete_revision(id, marked, tag, rev).await;
             }
         }
-        Err(if busy {
-            rules::busy(id)
-        } else {
-            rules::contended(id)
-        })
+        Err(gave_up(id, busy))
     }
 }
