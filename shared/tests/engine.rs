@@ -399,7 +399,6 @@ async fn crash_points<const C: u8>() {
                 "{name}: crash after call {k}: untidy store {contents:?}"
             );
         }
-        println!("{name}: {calls} crash points");
     }
 }
 

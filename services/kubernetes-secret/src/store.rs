@@ -387,6 +387,8 @@ impl SecretStore {
 impl HeadStore for SecretStore {
     /// Head deletes carry uid + resourceVersion preconditions.
     const HEAD_REMOVAL: HeadRemoval = HeadRemoval::Conditional;
+    // The application Secret follows the latest revision.
+    const PROJECTS: bool = true;
 
     fn describe(&self) -> Describe {
         Describe {

@@ -2,6 +2,8 @@
 //! through by compare-and-set. Stores keep it as JSON (or, for Kubernetes,
 //! in one annotation); the engine alone decides what it means.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
@@ -15,7 +17,7 @@ pub const MANAGED_BY: &str = "capact-storage";
 /// object, so that the check that allowed it and the change are one step
 /// (spec §3, "Fencing"). At most one at a time; `since` is the writer's
 /// clock in milliseconds since the Unix epoch.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Intent {
     /// Revision `rev` is being written by the holder of `nonce`; it is not
@@ -37,6 +39,30 @@ pub enum Intent {
     /// Every object of `life` is removed; only the head is left to remove.
     /// Used by stores whose head removal cannot be conditional.
     Deleted { since: u64 },
+}
+
+/// The digest names a value's bytes: it never goes to `Debug` output.
+impl fmt::Debug for Intent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Intent::Write {
+                rev, nonce, since, ..
+            } => f
+                .debug_struct("Write")
+                .field("rev", rev)
+                .field("nonce", nonce)
+                .field("digest", &"<redacted>")
+                .field("since", since)
+                .finish(),
+            Intent::DeleteRevision { rev, since } => f
+                .debug_struct("DeleteRevision")
+                .field("rev", rev)
+                .field("since", since)
+                .finish(),
+            Intent::Delete { since } => f.debug_struct("Delete").field("since", since).finish(),
+            Intent::Deleted { since } => f.debug_struct("Deleted").field("since", since).finish(),
+        }
+    }
 }
 
 impl Intent {
@@ -210,6 +236,19 @@ mod tests {
         let head = Head::from_json(sm).expect("legacy sm head");
         assert!(head.is_live());
         assert_eq!(head.lock.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn debug_output_hides_the_digest_of_a_value() {
+        let i = Intent::Write {
+            rev: 2,
+            nonce: "n".into(),
+            digest: "0123abcd".into(),
+            since: 1,
+        };
+        let shown = format!("{i:?}");
+        assert!(!shown.contains("0123abcd"), "{shown}");
+        assert!(shown.contains("rev: 2"), "{shown}");
     }
 
     #[test]

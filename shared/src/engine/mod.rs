@@ -90,6 +90,10 @@ pub trait HeadStore: Send + Sync + 'static {
     /// How this store removes a deleted TypeInstance's head.
     const HEAD_REMOVAL: HeadRemoval = HeadRemoval::Unconditional;
 
+    /// Whether [`HeadStore::project`] does anything: the engine reads a
+    /// revision to project only for stores that project.
+    const PROJECTS: bool = false;
+
     fn describe(&self) -> Describe;
 
     /// A real, cheap request to the store (health).
@@ -148,7 +152,7 @@ pub trait HeadStore: Send + Sync + 'static {
 
     /// Called after the latest readable revision changed (`None`: the
     /// TypeInstance is gone), for stores that project it somewhere
-    /// (kubernetes-secret's application Secret). A failure fails the call;
+    /// (kubernetes-secret's application Secret; set [`Self::PROJECTS`]). A failure fails the call;
     /// its retry projects again.
     async fn project(&self, _id: &TypeInstanceId, _latest: Option<(u32, &[u8])>) -> Result<()> {
         Ok(())
@@ -159,6 +163,7 @@ pub trait HeadStore: Send + Sync + 'static {
 #[async_trait]
 impl<S: HeadStore> HeadStore for Arc<S> {
     const HEAD_REMOVAL: HeadRemoval = S::HEAD_REMOVAL;
+    const PROJECTS: bool = S::PROJECTS;
 
     fn describe(&self) -> Describe {
         (**self).describe()
@@ -499,6 +504,9 @@ impl<S: HeadStore> Engine<S> {
     /// Projects the latest revision of a live head (stores without a
     /// projection return at once).
     async fn project_latest(&self, id: &TypeInstanceId, head: &Head) -> Result<()> {
+        if !S::PROJECTS {
+            return Ok(());
+        }
         let stored = self
             .store
             .read_revision(Slot {

@@ -64,7 +64,6 @@ async fn the_engine_on_the_memory_store_passes_the_whole_suite() {
         println!("{}", conformance::line(name, outcome));
     })
     .await;
-    println!("{}", report.summary());
     assert!(report.failures().is_empty(), "{:?}", report.failures());
     assert!(report.passed() >= 40, "{}", report.summary());
 }
@@ -80,6 +79,5 @@ async fn two_engines_sharing_one_store_pass_the_race_group() {
         )
     };
     let report = conformance::races::run(connect(a).await, connect(b).await, 200).await;
-    println!("{}", report.summary());
     assert!(report.violations.is_empty(), "{}", report.summary());
 }
