@@ -7,6 +7,8 @@
 //! on the HelmRelease (see [`tracking`]). Layout and design: README.md.
 
 pub mod config;
+pub mod hub_sync;
+pub mod leader;
 pub mod projection;
 pub mod snapshot;
 pub mod tracking;
@@ -58,19 +60,37 @@ pub fn helmrelease_resource() -> ApiResource {
 }
 
 /// Builds the backend: connects to the API server and, if configured,
-/// starts the watch with the logging observer.
+/// starts the watch, and with a Hub endpoint the registration of watched
+/// releases in the Hub (leader-elected).
 pub async fn build(config: Config) -> Result<FluxBackend> {
+    let registration = config.registration()?;
     let client = config.client().await?;
     let backend = FluxBackend::new(client, &config);
-    if let Some(selector) = config.watch_selector.clone().filter(|s| !s.is_empty()) {
-        let observer: Arc<dyn watch::ReleaseObserver> = Arc::new(watch::LogObserver::new());
-        tokio::spawn(watch::run(
-            backend.client.clone(),
-            config.namespaces.clone(),
-            selector,
-            observer,
-        ));
-    }
+    let Some(selector) = config.watch_selector.clone().filter(|s| !s.is_empty()) else {
+        return Ok(backend);
+    };
+    let observer: Arc<dyn watch::ReleaseObserver> = match registration {
+        None => Arc::new(watch::LogObserver::new()),
+        Some((registration, lease)) => {
+            let streams = config.namespaces.len().max(1);
+            let (observer, desired, wake) = hub_sync::HubObserver::new(streams);
+            let leader = leader::spawn(backend.client.clone(), lease);
+            tokio::spawn(hub_sync::run(
+                registration,
+                Arc::new(FluxBackend::new(backend.client.clone(), &config)),
+                desired,
+                wake,
+                leader,
+            ));
+            Arc::new(observer)
+        }
+    };
+    tokio::spawn(watch::run(
+        backend.client.clone(),
+        config.namespaces.clone(),
+        selector,
+        observer,
+    ));
     Ok(backend)
 }
 
@@ -433,6 +453,28 @@ impl FluxBackend {
         Err(rules::not_found(id))
     }
 
+    /// Records on the release that the Hub watch registered `id` for it
+    /// (the tracking entry the Hub's OnCreate wrote).
+    pub(crate) async fn mark_registered(&self, ns: &str, name: &str, id: &str) -> Result<()> {
+        for attempt in 0..MAX_ATTEMPTS {
+            let Some(rel) = self.release(ns, name).await? else {
+                return Ok(());
+            };
+            let mut next = rel.tracking.clone();
+            match next.type_instances.get_mut(id) {
+                Some(e) if !e.registered => e.registered = true,
+                _ => return Ok(()),
+            }
+            if self.write(&rel, &next, SuspendChange::Keep).await? {
+                return Ok(());
+            }
+            backoff(attempt).await;
+        }
+        Err(Error::aborted(format!(
+            "helmrelease {ns}/{name} kept changing while recording its registration"
+        )))
+    }
+
     async fn delete_release(&self, rel: &Release) -> Result<()> {
         let call = Call::new("delete", "helmreleases")
             .namespace(&rel.namespace)
@@ -598,6 +640,7 @@ impl ContextBackend for FluxBackend {
                     latest: 1,
                     lock: None,
                     suspended: false,
+                    registered: false,
                 },
             );
             if self.write(&rel, &next, SuspendChange::Keep).await? {
@@ -797,6 +840,7 @@ mod tests {
             latest: 1,
             lock: Some("alice".into()),
             suspended: false,
+            registered: false,
         };
         let bob = Owner::parse("bob").unwrap_or_else(|e| panic!("{e:?}"));
         let alice = Owner::parse("alice").unwrap_or_else(|e| panic!("{e:?}"));

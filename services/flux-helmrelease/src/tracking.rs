@@ -29,6 +29,9 @@ pub struct Entry {
     /// This TypeInstance's lock set `spec.suspend: true`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspended: bool,
+    /// The Hub watch registered this TypeInstance for the release.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub registered: bool,
 }
 
 /// `spec.suspend` as it was before the first lock suspended the release;
@@ -168,6 +171,7 @@ mod tests {
                     latest: 1,
                     lock: None,
                     suspended: false,
+                    registered: false,
                 },
             );
         }

@@ -1,10 +1,9 @@
 //! Optional watch mode: follows the HelmReleases that carry a configured
 //! label and reports releases that appear, change or go.
 //!
-//! The report goes to a [`ReleaseObserver`]. Today the only one is
-//! [`LogObserver`] (log lines and counters); registering new releases in the
-//! Hub automatically is a later step and will be another observer, so the
-//! trait is async and receives the same projection the Hub would store.
+//! The report goes to a [`ReleaseObserver`]: [`LogObserver`] (log lines and
+//! counters), or [`crate::hub_sync::HubObserver`], which also registers the
+//! releases in the Hub.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -48,6 +47,9 @@ pub trait ReleaseObserver: Send + Sync + 'static {
     async fn changed(&self, release: &ReleaseRef, projection: &Json);
     /// A known release that was deleted or no longer matches the selector.
     async fn removed(&self, release: &ReleaseRef);
+    /// Stream `stream` (one per watched namespace) finished a full listing:
+    /// every release it has was reported by then.
+    async fn synced(&self, _stream: usize) {}
 }
 
 /// Counters of the watch, served on `/metrics` with the server's own.
@@ -208,7 +210,7 @@ pub async fn run(
     });
     // One Known per stream: a relist of one namespace must not remove the
     // releases of another.
-    let tasks = streams.map(|mut stream| {
+    let tasks = streams.enumerate().map(|(index, mut stream)| {
         let observer = Arc::clone(&observer);
         async move {
             let mut known = Known::default();
@@ -228,6 +230,7 @@ pub async fn run(
                         for c in known.retain_listed(&listed) {
                             report(observer.as_ref(), c, &Json::Null).await;
                         }
+                        observer.synced(index).await;
                     }
                     Ok(watcher::Event::Delete(obj)) => {
                         let Some(r) = reference(&obj) else { continue };

@@ -5,60 +5,21 @@
 //! kube-controller-manager), so owned snapshots outlive a deleted release
 //! unless the backend removes them itself.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use k8s_openapi::api::{core::v1::ConfigMap, core::v1::Namespace, rbac::v1::PolicyRule};
+use k8s_openapi::api::{core::v1::ConfigMap, rbac::v1::PolicyRule};
 use kube::{
     Api,
-    api::{DynamicObject, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
+    api::{ListParams, Patch, PatchParams},
 };
 use serde_json::{Value as Json, json};
 use shared::client::{Client, Connect, Timeouts};
 use testkit::{BackendProcess, kube::Cluster};
 use tonic::Code;
 
-const BIN: &str = env!("CARGO_BIN_EXE_flux-helmrelease-backend");
-
-fn crd_path() -> &'static Path {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/helm.toolkit.fluxcd.io_helmreleases.yaml"
-    ))
-}
-
-async fn cluster() -> Cluster {
-    let cluster = Cluster::start().await;
-    cluster.install_crd(crd_path()).await;
-    cluster
-}
-
-fn releases(client: kube::Client, ns: &str) -> Api<DynamicObject> {
-    Api::namespaced_with(client, ns, &flux_helmrelease::helmrelease_resource())
-}
-
-/// A HelmRelease as a user would apply it.
-async fn create_release(cluster: &Cluster, ns: &str, name: &str, labels: Json) -> DynamicObject {
-    let obj: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "helm.toolkit.fluxcd.io/v2",
-        "kind": "HelmRelease",
-        "metadata": {"name": name, "namespace": ns, "labels": labels},
-        "spec": {
-            "interval": "5m",
-            "targetNamespace": "web",
-            "chart": {"spec": {"chart": "podinfo", "version": "6.5.4",
-                                "sourceRef": {"kind": "HelmRepository", "name": "podinfo"}}},
-            "values": {"replicaCount": 1},
-            "valuesFrom": [{"kind": "Secret", "name": "db-credentials", "valuesKey": "password",
-                            "targetPath": "db.password"}]
-        }
-    }))
-    .expect("helmrelease object");
-    releases(cluster.client().await, ns)
-        .create(&PostParams::default(), &obj)
-        .await
-        .expect("create helmrelease")
-}
+mod support;
+use support::*;
 
 /// What helm-controller does after reconciling `chart_version` with
 /// `replicas`: spec change by the user, then status through the subresource.
@@ -113,41 +74,6 @@ async fn reconcile(
     )
     .await
     .expect("patch status");
-}
-
-/// The backend under the deploy/ RBAC (ServiceAccount bound by the
-/// ClusterRoleBinding of deploy/rbac/flux-helmrelease.yaml).
-async fn deploy_identity(cluster: &Cluster) -> testkit::kube::Identity {
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some("capact-system".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let _ = Api::<Namespace>::all(cluster.client().await)
-        .create(&PostParams::default(), &ns)
-        .await;
-    let rbac = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/rbac/flux-helmrelease.yaml"
-    ))
-    .expect("read deploy/rbac/flux-helmrelease.yaml");
-    cluster.apply(&rbac, "capact-system").await;
-    cluster
-        .service_account_identity("capact-system", "capact-storage-flux-helmrelease")
-        .await
-}
-
-async fn start(identity_env: Vec<(String, String)>, extra: &[(&str, &str)]) -> BackendProcess {
-    let mut env: Vec<(&str, &str)> = identity_env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    env.extend_from_slice(extra);
-    BackendProcess::start(BIN, &["KUBECONFIG"], &env)
-        .serving()
-        .await
 }
 
 struct Hub {
@@ -524,16 +450,6 @@ async fn watch_reports_added_changed_and_removed_releases() {
         !backend.logs().contains("ignored"),
         "unlabelled release reported"
     );
-}
-
-async fn wait_until(mut f: impl FnMut() -> bool) {
-    for _ in 0..100 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("condition not met within 10s");
 }
 
 #[tokio::test(flavor = "multi_thread")]

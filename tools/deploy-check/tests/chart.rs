@@ -216,6 +216,45 @@ fn chart_rbac_equals_the_plain_rbac_manifests() {
     }
 }
 
+#[test]
+fn flux_hub_registration_adds_the_lease_role_of_the_plain_manifest() {
+    let read = |name: &str| {
+        let path = repo_root().join(format!("deploy/rbac/{name}"));
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        deploy_check::documents(&text)
+    };
+    let mut plain = read("flux-helmrelease.yaml");
+    plain.extend(read("flux-helmrelease-hub-registration.yaml"));
+    let chart = render(
+        "capact-storage-flux-helmrelease",
+        "capact-system",
+        &[
+            ("backend", "flux-helmrelease"),
+            (
+                "config.flux-helmrelease.APP_HUB_ENDPOINT",
+                "http://hub/graphql",
+            ),
+        ],
+    );
+    let rules = |objects: &[Json]| -> Vec<Json> {
+        let mut out: Vec<Json> = objects
+            .iter()
+            .filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole")
+            .flat_map(|o| o["rules"].as_array().cloned().unwrap_or_default())
+            .map(normalize_rule)
+            .collect();
+        out.sort_by_key(|r| r.to_string());
+        out
+    };
+    assert_eq!(rules(&chart), rules(&plain));
+    let lease_role = chart
+        .iter()
+        .find(|o| o["kind"] == "Role" && o["rules"].to_string().contains("leases"))
+        .expect("a Role for the leader-election Lease");
+    assert_eq!(lease_role["metadata"]["namespace"], "capact-system");
+}
+
 /// A rule with its lists sorted, so order does not matter.
 fn normalize_rule(mut rule: Json) -> Json {
     if let Some(map) = rule.as_object_mut() {

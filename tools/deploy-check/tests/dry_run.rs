@@ -40,6 +40,21 @@ async fn rendered_chart_passes_server_side_dry_run_for_every_backend() {
         ("rbac.namespaces[0]", namespace.as_str()),
     ]);
     variants.push(vec![
+        ("backend", "flux-helmrelease"),
+        (
+            "config.flux-helmrelease.APP_FLUX_WATCH_SELECTOR",
+            "capact.io/register=true",
+        ),
+        (
+            "config.flux-helmrelease.APP_HUB_ENDPOINT",
+            "http://capact-hub-local.capact-system/graphql",
+        ),
+        (
+            "config.flux-helmrelease.APP_HUB_BACKEND_ID",
+            "3c0e7d5a-0000-4000-8000-000000000001",
+        ),
+    ]);
+    variants.push(vec![
         ("backend", "vault"),
         ("networkPolicy.enabled", "false"),
         ("metrics.enabled", "false"),

@@ -7,6 +7,7 @@
 
 pub mod connect;
 pub mod error;
+pub mod hub;
 pub mod registration;
 pub mod yaml;
 
@@ -151,8 +152,9 @@ pub enum Command {
         #[arg(long, default_value = "")]
         service: String,
     },
-    /// Print the YAML that registers this backend in the Hub: the TypeInstance
-    /// and its OCF Type.
+    /// Register this backend in the Hub: with --hub-endpoint, find or create
+    /// its storage TypeInstance there and print its id; without, print the
+    /// YAML that registers it (the TypeInstance and its OCF Type).
     Register {
         /// Address the Hub dials: host:port (plaintext) or https://host:port.
         #[arg(long, env = "STORAGECTL_HUB_URL")]
@@ -166,8 +168,31 @@ pub enum Command {
         name: Option<String>,
         /// Write `type-instance.yaml` and `type.yaml` into this directory
         /// instead of printing both documents.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "hub_endpoint")]
         output_dir: Option<std::path::PathBuf>,
+        /// Update this registration (a TypeInstance id) instead of looking it up.
+        #[arg(long, requires = "hub_endpoint")]
+        id: Option<String>,
+        #[command(flatten)]
+        hub: hub::HubArgs,
+    },
+    /// Remove a backend's storage TypeInstance from the Hub. The Hub refuses
+    /// while TypeInstances are stored in it. Needs no running backend.
+    Unregister {
+        /// Backend name the registration was made with (see `register --name`).
+        #[arg(long, required_unless_present = "id")]
+        name: Option<String>,
+        /// Full path of the Type [default: cap.type.capactio.storage-backends.<name>.storage].
+        #[arg(long, required_unless_present = "name")]
+        type_path: Option<String>,
+        /// The registration's TypeInstance id, when the name does not find it.
+        #[arg(long, requires = "type_path")]
+        id: Option<String>,
+        /// Also match a registration (made by hand) by the URL it holds.
+        #[arg(long)]
+        hub_url: Option<String>,
+        #[command(flatten)]
+        hub: hub::HubArgs,
     },
 }
 
@@ -213,6 +238,16 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
     }
     if let Command::Health { service } = &cli.command {
         return health(&cli.connect, service).await;
+    }
+    if let Command::Unregister {
+        name,
+        type_path,
+        id,
+        hub_url,
+        hub,
+    } = &cli.command
+    {
+        return unregister(cli.connect.timeout, name, type_path, id, hub_url, hub).await;
     }
     let client = cli.connect.connect().await?;
     match cli.command {
@@ -298,11 +333,14 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
                 None => Ok(()),
             }
         }
+        Command::Unregister { .. } => Ok(()),
         Command::Register {
             hub_url,
             type_path,
             name,
             output_dir,
+            id,
+            hub,
         } => {
             let mut info = client.info().clone();
             if let Some(name) = name {
@@ -310,10 +348,62 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             }
             let path = type_path.unwrap_or_else(|| registration::default_type_path(&info.name));
             let rendered = registration::render_parts(&info, &hub_url, &path)?;
-            match output_dir {
-                Some(dir) => rendered.write_to(&dir),
-                None => write_stdout(rendered.stream().as_bytes()),
-            }
+            let Some(hub) = hub.hub(cli.connect.timeout)? else {
+                return match output_dir {
+                    Some(dir) => rendered.write_to(&dir),
+                    None => write_stdout(rendered.stream().as_bytes()),
+                };
+            };
+            let value = registration::type_instance_value(&info, &hub_url)?;
+            let target = hub::Target {
+                type_path: &path,
+                name: &info.name,
+                id: id.as_deref(),
+                url: Some(&hub_url),
+            };
+            let (id, what) = match hub::register(&hub, &target, &value).await? {
+                hub::Registered::Created(id) => (id, "created".to_owned()),
+                hub::Registered::Updated(id, rev) => (id, format!("updated to revision {rev}")),
+                hub::Registered::Unchanged(id) => (id, "already registered".to_owned()),
+            };
+            eprintln!("{} backend: {what} in the hub as {id}", info.name);
+            write_stdout(format!("{id}\n").as_bytes())
+        }
+    }
+}
+
+/// `unregister`: acts on the Hub only, so it works after the backend is gone.
+async fn unregister(
+    timeout: std::time::Duration,
+    name: &Option<String>,
+    type_path: &Option<String>,
+    id: &Option<String>,
+    hub_url: &Option<String>,
+    hub: &hub::HubArgs,
+) -> Result<(), Error> {
+    let hub = hub
+        .hub(timeout)?
+        .ok_or_else(|| Error::usage("unregister needs --hub-endpoint"))?;
+    let name = name.as_deref().unwrap_or_default();
+    let path = match type_path {
+        Some(p) => p.clone(),
+        None => registration::default_type_path(name),
+    };
+    registration::split_type_path(&path)?;
+    let target = hub::Target {
+        type_path: &path,
+        name,
+        id: id.as_deref(),
+        url: hub_url.as_deref(),
+    };
+    match hub::unregister(&hub, &target).await? {
+        Some(id) => {
+            eprintln!("unregistered {id} from the hub");
+            write_stdout(format!("{id}\n").as_bytes())
+        }
+        None => {
+            eprintln!("nothing to unregister: the hub has no registration of type {path}");
+            Ok(())
         }
     }
 }

@@ -5,7 +5,9 @@
 //! Everything binds 127.0.0.1 on free ports and is stopped by its own PID
 //! when dropped.
 
+pub mod hub;
 pub mod kube;
+pub mod memory;
 pub mod moto;
 pub mod process;
 pub mod registration;
