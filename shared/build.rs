@@ -4,7 +4,7 @@ use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../proto");
-    let files = ["storage_backend.proto", "backend_info.proto"];
+    let files = ["storage_backend.proto", "backend_info.proto", "admin.proto"];
     for f in &files {
         println!("cargo:rerun-if-changed={}", proto_dir.join(f).display());
     }

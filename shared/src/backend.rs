@@ -7,7 +7,7 @@
 use async_trait::async_trait;
 use serde_json::Value as Json;
 
-use crate::{Context, Owner, Result, Revision, TypeInstanceId, Value};
+use crate::{Context, Error, Owner, Result, Revision, TypeInstanceId, Value};
 
 /// What a backend is: printed by `describe`, served by `BackendInfo`, used for
 /// the Hub registration (`acceptValue`, `contextSchema`).
@@ -54,6 +54,33 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Succeeds whether or not the TypeInstance was locked.
     async fn unlock(&self, id: &TypeInstanceId, ctx: &Context) -> Result<()>;
+
+    /// Every locked TypeInstance (admin service, operators only).
+    async fn list_locks(&self) -> Result<Vec<LockInfo>> {
+        Err(Error::unimplemented(format!(
+            "the {} backend cannot list locks",
+            self.describe().name
+        )))
+    }
+
+    /// Clears the lock of `id` only while `expected` still holds it
+    /// (compare-and-set): FAILED_PRECONDITION naming the holder otherwise.
+    async fn force_unlock(&self, id: &TypeInstanceId, expected: &Owner) -> Result<()> {
+        let _ = (id, expected);
+        Err(Error::unimplemented(format!(
+            "the {} backend cannot force-unlock",
+            self.describe().name
+        )))
+    }
+}
+
+/// One held lock, as the admin service lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockInfo {
+    pub id: TypeInstanceId,
+    pub owner: String,
+    /// When it was taken (ms since the Unix epoch), if recorded.
+    pub locked_at: Option<u64>,
 }
 
 /// A backend that stores the value the Hub sends (`acceptValue: true`).

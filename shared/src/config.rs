@@ -61,6 +61,13 @@ pub struct ServerConfig {
     #[arg(long, env = "APP_HEALTH_ADDR", default_value = "off")]
     pub health_addr: OptionalAddr,
 
+    /// Plaintext listener of the operator-only admin service (lock listing
+    /// and force-unlock, `storagectl locks` / `force-unlock`) plus health;
+    /// bind it to loopback (e.g. 127.0.0.1:50053) and reach it with kubectl
+    /// exec or port-forward. `off` disables it.
+    #[arg(long, env = "APP_ADMIN_ADDR", default_value = "off")]
+    pub admin_addr: OptionalAddr,
+
     /// Log format.
     #[arg(long, env = "APP_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -5,6 +5,7 @@
 //! wrap it in the Hub's gRPC service plus health, reflection, metrics, TLS and
 //! graceful shutdown. No store SDK is ever a dependency of this crate.
 
+pub mod admin;
 pub mod backend;
 pub mod client;
 mod coalesce;
@@ -20,6 +21,6 @@ pub mod telemetry;
 pub mod types;
 pub mod validate;
 
-pub use backend::{Backend, ContextBackend, Describe, ValueBackend};
+pub use backend::{Backend, ContextBackend, Describe, LockInfo, ValueBackend};
 pub use error::{Error, ErrorKind, Result};
 pub use types::{Context, Owner, Revision, Secret, TypeInstanceId, Value};

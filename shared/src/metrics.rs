@@ -9,7 +9,7 @@ use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
 use crate::Result;
@@ -24,6 +24,7 @@ struct Metrics {
     request_seconds: HistogramVec,
     store_calls: IntCounterVec,
     store_seconds: HistogramVec,
+    pruned: IntCounter,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -59,11 +60,17 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["operation"],
     )
     .expect("static metric definition");
+    let pruned = IntCounter::new(
+        "revisions_pruned_total",
+        "Revisions removed by retention (APP_MAX_REVISIONS)",
+    )
+    .expect("static metric definition");
     for c in [
         Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(request_seconds.clone()),
         Box::new(store_calls.clone()),
         Box::new(store_seconds.clone()),
+        Box::new(pruned.clone()),
     ] {
         let _ = registry.register(c);
     }
@@ -73,8 +80,14 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         request_seconds,
         store_calls,
         store_seconds,
+        pruned,
     }
 });
+
+/// Counts revisions removed by retention.
+pub fn revisions_pruned(n: u64) {
+    METRICS.pruned.inc_by(n);
+}
 
 /// Records one finished gRPC request.
 pub fn observe_request(method: &'static str, code: tonic::Code, elapsed: Duration) {

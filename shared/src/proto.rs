@@ -10,10 +10,16 @@ pub mod info {
     tonic::include_proto!("capact_storage.info.v1");
 }
 
-/// Encoded `FileDescriptorSet` of both protos, served by gRPC reflection.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod admin {
+    tonic::include_proto!("capact_storage.admin.v1");
+}
+
+/// Encoded `FileDescriptorSet` of the protos, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
 
 /// Fully qualified gRPC service names, as health checks and reflection see them.
 pub const VALUE_SERVICE: &str = "storage_backend.ValueAndContextStorageBackend";
 pub const CONTEXT_SERVICE: &str = "storage_backend.ContextStorageBackend";
 pub const INFO_SERVICE: &str = "capact_storage.info.v1.BackendInfo";
+pub const ADMIN_SERVICE: &str = "capact_storage.admin.v1.StorageAdmin";

@@ -14,6 +14,7 @@ use crate::{
     grpc::{Adapter, AdapterOptions, Info},
     proto::{
         self,
+        admin::storage_admin_server::StorageAdminServer,
         info::backend_info_server::BackendInfoServer,
         storage_backend::{
             context_storage_backend_server::ContextStorageBackendServer,
@@ -287,7 +288,7 @@ async fn run<B: Backend>(
                 .map_err(|e| format!("cannot listen on {addr} (APP_HEALTH_ADDR): {e}"))?;
             let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
             let mut rx = stop_rx.clone();
-            let health_only = Server::builder().add_service(health);
+            let health_only = Server::builder().add_service(health.clone());
             Some(tokio::spawn(async move {
                 let stop = async move {
                     let _ = rx.wait_for(|s| *s).await;
@@ -302,6 +303,33 @@ async fn run<B: Backend>(
         }
         None => None,
     };
+
+    // Operators only: lock listing and force-unlock, with health so that a
+    // port-forward can check it answers. Plaintext, like the health port;
+    // bind it to loopback.
+    let admin_task =
+        match config.admin_addr.0 {
+            Some(addr) => {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on {addr} (APP_ADMIN_ADDR): {e}"))?;
+                let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
+                let mut rx = stop_rx.clone();
+                let admin = Server::builder().add_service(health.clone()).add_service(
+                    StorageAdminServer::new(crate::admin::Admin::new(Arc::clone(&backend))),
+                );
+                tracing::info!(addr = %addr, "admin service listening");
+                Some(tokio::spawn(async move {
+                    let stop = async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    };
+                    if let Err(e) = admin.serve_with_incoming_shutdown(incoming, stop).await {
+                        tracing::error!(error = %e, "admin listener failed");
+                    }
+                }))
+            }
+            None => None,
+        };
 
     let probe_task = tokio::spawn(probe_loop(
         Arc::clone(&backend),
@@ -355,7 +383,7 @@ async fn run<B: Backend>(
     if let Some(t) = metrics_task {
         t.abort();
     }
-    if let Some(t) = health_task {
+    for t in [health_task, admin_task].into_iter().flatten() {
         t.abort();
     }
     tracing::info!("stopped");

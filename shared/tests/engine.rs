@@ -50,6 +50,12 @@ enum Res {
     Err(ErrorKind),
 }
 
+thread_local! {
+    /// Retention of the engine under test (APP_MAX_REVISIONS) and of the
+    /// model; paused-clock tests run on one thread each.
+    static RETAIN: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
 impl Model {
     fn exists(&self) -> bool {
         !self.revisions.is_empty()
@@ -91,6 +97,9 @@ impl Model {
                     Res::Err(FailedPrecondition)
                 } else {
                     m.revisions.insert(*n, v.clone());
+                    if let Some(keep) = RETAIN.get() {
+                        m.revisions.retain(|r, _| *r > n.saturating_sub(keep));
+                    }
                     Res::Ok
                 }
             }
@@ -224,6 +233,7 @@ fn engine<const C: u8>(store: MemoryStore<C>) -> Engine<MemoryStore<C>> {
         store,
         Options {
             clock: Clock::tokio(),
+            max_revisions: RETAIN.get(),
             ..Options::default()
         },
     )
@@ -250,7 +260,7 @@ fn assert_tidy(contents: &Contents, model: &Model) {
             assert_eq!(h.latest, model.latest(), "latest");
             for (i, life, r) in contents.objects.keys() {
                 assert!(
-                    i == "ti" && life == &h.life && *r <= h.latest,
+                    i == "ti" && life == &h.life && *r <= h.latest && *r > h.floor,
                     "stray object {life}/{r} beside {h:?}"
                 );
             }
@@ -584,6 +594,93 @@ async fn random_interleavings_are_linearizable_with_conditional_head_removal() {
             panic!("{e}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Retention (APP_MAX_REVISIONS): the same proofs with pruning on.
+
+#[tokio::test(start_paused = true)]
+async fn with_retention_every_operation_is_atomic_and_completed_by_its_retry() {
+    RETAIN.set(Some(2));
+    crash_points::<UNCONDITIONAL>().await;
+    crash_points::<KEEP>().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_retention_random_interleavings_are_linearizable() {
+    RETAIN.set(Some(2));
+    for seed in seeds().into_iter().take(3000) {
+        if let Err(e) = interleaving::<CONDITIONAL>(seed).await {
+            panic!("{e}");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retention_keeps_the_newest_revisions_and_the_lock() {
+    RETAIN.set(Some(3));
+    let e = engine(MemoryStore::<UNCONDITIONAL>::new());
+    let mut ops = vec![Op::Create(v("1")), Op::Lock("o")];
+    ops.extend((2..=10).map(|n| Op::Update(n, v(&n.to_string()), Some("o"))));
+    apply_all(&e, &ops).await;
+    for n in 1..=7 {
+        assert_eq!(
+            call(&e, &Op::Get(n)).await,
+            Res::Err(ErrorKind::NotFound),
+            "{n}"
+        );
+    }
+    for n in 8..=10 {
+        assert_eq!(call(&e, &Op::Get(n)).await, Res::Value(v(&n.to_string())));
+    }
+    assert_eq!(call(&e, &Op::LockedBy).await, Res::Holder(Some("o".into())));
+    let contents = e.store().contents();
+    let mut kept: Vec<u32> = contents.objects.keys().map(|(_, _, r)| *r).collect();
+    kept.sort();
+    assert_eq!(kept, vec![8, 9, 10], "pruned objects are removed");
+    // Deleting the kept revisions one by one ends the TypeInstance, never
+    // bringing back a pruned one.
+    for n in [10, 9] {
+        assert_eq!(call(&e, &Op::DeleteRevision(n, Some("o"))).await, Res::Ok);
+    }
+    assert_eq!(call(&e, &Op::Get(8)).await, Res::Value(v("8")));
+    assert_eq!(
+        call(&e, &Op::DeleteRevision(7, Some("o"))).await,
+        Res::Err(ErrorKind::NotFound)
+    );
+    assert_eq!(call(&e, &Op::DeleteRevision(8, Some("o"))).await, Res::Ok);
+    assert_eq!(call(&e, &Op::LockedBy).await, Res::Err(ErrorKind::NotFound));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lowered_limit_catches_up_a_bounded_number_of_revisions_per_update() {
+    let with = |keep: Option<u32>, store: Arc<MemoryStore<UNCONDITIONAL>>| {
+        Engine::new(
+            store,
+            Options {
+                clock: Clock::tokio(),
+                max_revisions: keep,
+                ..Options::default()
+            },
+        )
+    };
+    let store = Arc::new(MemoryStore::<UNCONDITIONAL>::new());
+    let unlimited = with(None, Arc::clone(&store));
+    let mut ops = vec![Op::Create(v("1"))];
+    ops.extend((2..=40).map(|n| Op::Update(n, v("x"), None)));
+    apply_all(&unlimited, &ops).await;
+    // The same store, now with a limit of 2: the first update prunes 17.
+    let e = with(Some(2), store);
+    e.store().reset_calls();
+    assert_eq!(call(&e, &Op::Update(41, v("y"), None)).await, Res::Ok);
+    let calls = e.store().calls();
+    assert!(calls < 30, "one update made {calls} store calls");
+    assert_eq!(call(&e, &Op::Get(17)).await, Res::Err(ErrorKind::NotFound));
+    assert_eq!(call(&e, &Op::Get(18)).await, Res::Value(v("x")));
+    assert_eq!(call(&e, &Op::Update(42, v("z"), None)).await, Res::Ok);
+    assert_eq!(call(&e, &Op::Update(43, v("w"), None)).await, Res::Ok);
+    assert_eq!(call(&e, &Op::Get(41)).await, Res::Err(ErrorKind::NotFound));
+    assert_eq!(call(&e, &Op::Get(42)).await, Res::Value(v("z")));
 }
 
 // ---------------------------------------------------------------------------

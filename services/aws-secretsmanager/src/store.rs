@@ -286,6 +286,41 @@ impl Secrets {
         .await
     }
 
+    /// Names of every secret whose name starts with `prefix` (all pages;
+    /// eventually consistent, which the admin listing it serves tolerates).
+    pub async fn list_names(&self, prefix: &str) -> Result<Vec<String>> {
+        store_call("list_secrets", async {
+            let mut names = Vec::new();
+            let mut token: Option<String> = None;
+            loop {
+                let filter = Filter::builder()
+                    .key(FilterNameStringType::Name)
+                    .values(prefix)
+                    .build();
+                let out = self
+                    .client
+                    .list_secrets()
+                    .filters(filter)
+                    .set_next_token(token.take())
+                    .send()
+                    .await
+                    .map_err(|e| shared_aws::to_error("secrets manager list", e))?;
+                names.extend(
+                    out.secret_list()
+                        .iter()
+                        .filter_map(|s| s.name())
+                        .filter(|n| n.starts_with(prefix))
+                        .map(str::to_owned),
+                );
+                match out.next_token() {
+                    Some(t) => token = Some(t.to_owned()),
+                    None => return Ok(names),
+                }
+            }
+        })
+        .await
+    }
+
     /// The health probe: one authenticated ListSecrets of at most one
     /// secret under our prefix.
     pub async fn list_one(&self, prefix: &str) -> Result<()> {
@@ -509,6 +544,26 @@ impl HeadStore for SecretsStore {
     }
 
     /// A head scheduled for deletion is a removed head.
+    /// One listing of the prefix, then a read per head (admin only).
+    async fn list_heads(&self) -> Result<Vec<(TypeInstanceId, Head)>> {
+        let root = format!("{}/", self.prefix);
+        let mut out = Vec::new();
+        for name in self.secrets.list_names(&root).await? {
+            let Some(id) = name
+                .strip_prefix(&root)
+                .and_then(|k| k.strip_suffix("/head"))
+                .filter(|id| !id.contains('/'))
+                .and_then(|id| TypeInstanceId::parse(id).ok())
+            else {
+                continue;
+            };
+            if let Ok(Some((head, _))) = self.read_head(&id).await {
+                out.push((id, head));
+            }
+        }
+        Ok(out)
+    }
+
     async fn read_head(&self, id: &TypeInstanceId) -> Result<Option<(Head, String)>> {
         let name = self.head_name(id);
         match self.secrets.get(&name).await? {
@@ -795,6 +850,8 @@ mod tests {
             latest: 3,
             lock: Some("o".into()),
             epoch: 1,
+            floor: 0,
+            locked_at: None,
             intent: Some(Intent::Deleted { since: 5 }),
         };
         assert_eq!(decode_head("n", &head_payload(&h)?)?, h);

@@ -320,6 +320,21 @@ async fn legacy_layout_written_by_the_previous_version_is_still_served() {
 /// Two processes on one moto share nothing but Secrets Manager: every fence
 /// holds through the stage compare-and-swap and create-only names alone.
 #[tokio::test(flavor = "multi_thread")]
+async fn retention_keeps_the_newest_revisions() {
+    let moto = Moto::start();
+    let backend = start_backend(&moto, &[("APP_MAX_REVISIONS", "3")]).await;
+    testkit::assert_retention(&backend.url, 3, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_lists_locks_and_force_unlocks_by_compare_and_set() {
+    let moto = Moto::start();
+    let admin = format!("127.0.0.1:{}", testkit::free_port());
+    let backend = start_backend(&moto, &[("APP_ADMIN_ADDR", &admin)]).await;
+    testkit::assert_admin(&backend.url, &format!("http://{admin}"), None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn two_backends_racing_on_one_moto_never_violate_the_fence() {
     let moto = Moto::start();
     let a = start_backend(&moto, &[]).await;

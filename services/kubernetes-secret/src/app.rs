@@ -429,6 +429,8 @@ mod tests {
             latest,
             lock: None,
             epoch: 0,
+            floor: 0,
+            locked_at: None,
             intent,
         }
     }

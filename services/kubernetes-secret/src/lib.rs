@@ -12,7 +12,7 @@ pub mod store;
 use async_trait::async_trait;
 use serde_json::Value as Json;
 use shared::{
-    Backend, Context, Describe, Error, Owner, Result, Revision, TypeInstanceId, Value,
+    Backend, Context, Describe, Error, LockInfo, Owner, Result, Revision, TypeInstanceId, Value,
     ValueBackend,
     engine::{Engine, Options},
 };
@@ -125,6 +125,16 @@ impl Backend for KubeSecretBackend {
 
     async fn unlock(&self, id: &TypeInstanceId, ctx: &Context) -> Result<()> {
         Request::default().run(self.engine.unlock(id, ctx)).await
+    }
+
+    async fn list_locks(&self) -> Result<Vec<LockInfo>> {
+        Request::default().run(self.engine.list_locks()).await
+    }
+
+    async fn force_unlock(&self, id: &TypeInstanceId, expected: &Owner) -> Result<()> {
+        Request::default()
+            .run(self.engine.force_unlock(id, expected))
+            .await
     }
 }
 

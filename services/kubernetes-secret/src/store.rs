@@ -344,6 +344,8 @@ impl SecretStore {
                     .ok_or_else(corrupted)?,
                 lock: get(LEGACY_LOCK_ANNOTATION).cloned(),
                 epoch: 0,
+                floor: 0,
+                locked_at: None,
                 intent: get(LEGACY_DELETING_ANNOTATION)
                     .is_some_and(|v| v == "true")
                     .then_some(Intent::Delete { since: 0 }),
@@ -407,6 +409,31 @@ impl HeadStore for SecretStore {
             .list(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"), Some(1))
             .await
             .map(drop)
+    }
+
+    /// One labelled list of the head Secrets (admin only); Secrets that do
+    /// not decode as ours are skipped.
+    async fn list_heads(&self) -> Result<Vec<(TypeInstanceId, Head)>> {
+        let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY},{ROLE_LABEL}=head");
+        let mut out = Vec::new();
+        for s in self.secrets.list(&selector, None).await? {
+            let Some(id) = s
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ID_ANNOTATION))
+                .and_then(|id| TypeInstanceId::parse(id).ok())
+            else {
+                continue;
+            };
+            if s.metadata.name.as_deref() != Some(self.head_name(&id).as_str()) {
+                continue;
+            }
+            if let Ok((record, _)) = self.decode_head(&id, &s) {
+                out.push((id, record.head));
+            }
+        }
+        Ok(out)
     }
 
     async fn read_head(&self, id: &TypeInstanceId) -> Result<Option<(Head, String)>> {
@@ -682,6 +709,8 @@ mod tests {
             latest: 3,
             lock: Some("o".into()),
             epoch: 1,
+            floor: 0,
+            locked_at: None,
             intent: None,
         };
         let json = String::from_utf8(head.to_json()).unwrap_or_default();

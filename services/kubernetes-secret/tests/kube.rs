@@ -131,6 +131,8 @@ async fn kubernetes_secret_backend_on_a_real_api_server() {
     layout_is_labelled_immutable_and_hashed(&cluster).await;
     legacy_layout_written_by_the_previous_version_is_still_served(&cluster).await;
     two_backends_racing_on_one_api_server_never_violate_the_fence(&cluster).await;
+    retention_keeps_the_newest_revisions_and_removes_the_rest(&cluster).await;
+    admin_lists_locks_and_force_unlocks_by_compare_and_set(&cluster).await;
     api_server_restart_is_unavailable_then_recovers(&mut cluster).await;
 }
 
@@ -681,6 +683,32 @@ async fn two_backends_racing_on_one_api_server_never_violate_the_fence(cluster: 
     let a = backend(env.clone()).await;
     let b = backend(env).await;
     testkit::assert_races_clean(&a.url, &b.url, 200).await;
+}
+
+async fn retention_keeps_the_newest_revisions_and_removes_the_rest(cluster: &Cluster) {
+    let ns = cluster.create_namespace("retention").await;
+    let b = backend(with(
+        cluster.env(),
+        &[("APP_K8S_NAMESPACE", &ns), ("APP_MAX_REVISIONS", "3")],
+    ))
+    .await;
+    testkit::assert_retention(&b.url, 3, None).await;
+    let left = Api::<Secret>::namespaced(cluster.client().await, &ns)
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=capact-storage"))
+        .await
+        .expect("list");
+    assert!(left.items.is_empty(), "left behind: {}", left.items.len());
+}
+
+async fn admin_lists_locks_and_force_unlocks_by_compare_and_set(cluster: &Cluster) {
+    let ns = cluster.create_namespace("admin").await;
+    let admin = format!("127.0.0.1:{}", testkit::free_port());
+    let b = backend(with(
+        cluster.env(),
+        &[("APP_K8S_NAMESPACE", &ns), ("APP_ADMIN_ADDR", &admin)],
+    ))
+    .await;
+    testkit::assert_admin(&b.url, &format!("http://{admin}"), None).await;
 }
 
 async fn api_server_restart_is_unavailable_then_recovers(cluster: &mut Cluster) {

@@ -484,6 +484,32 @@ impl HeadStore for S3Store {
         self.bucket.head_bucket().await
     }
 
+    /// One listing of the prefix, then a GET per head (admin only).
+    async fn list_heads(&self) -> Result<Vec<(TypeInstanceId, Head)>> {
+        let root = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let mut out = Vec::new();
+        for key in self.bucket.list(&root).await? {
+            let Some(id) = key
+                .strip_prefix(&root)
+                .and_then(|k| k.strip_suffix("/head"))
+                .filter(|id| !id.contains('/'))
+                .and_then(|id| TypeInstanceId::parse(id).ok())
+            else {
+                continue;
+            };
+            // A head that is not ours is skipped, not an error: the
+            // listing covers the whole prefix.
+            if let Ok(Some((head, _))) = self.read_head(&id).await {
+                out.push((id, head));
+            }
+        }
+        Ok(out)
+    }
+
     async fn read_head(&self, id: &TypeInstanceId) -> Result<Option<(Head, String)>> {
         let key = self.head_key(id);
         let Some(read) = self.bucket.get(&key).await? else {
@@ -675,6 +701,8 @@ mod tests {
             latest: 3,
             lock: Some("o".into()),
             epoch: 1,
+            floor: 0,
+            locked_at: None,
             intent: None,
         };
         let (a, b) = (head_body(&h)?, head_body(&h)?);

@@ -154,6 +154,31 @@ async fn versioned_bucket_passes_the_conformance_suite_and_keeps_no_old_versions
     assert_eq!(versions(&s3, "versioned", &format!("{PREFIX}/")).await, 0);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_keeps_the_newest_revisions_and_removes_the_rest() {
+    let (moto, s3) = moto_with_bucket("retention", false).await;
+    let backend = start_backend(&backend_env(
+        &moto,
+        "retention",
+        &[("APP_MAX_REVISIONS", "3")],
+    ))
+    .serving()
+    .await;
+    testkit::assert_retention(&backend.url, 3, None).await;
+    // Nothing is left once the TypeInstance is deleted.
+    assert_eq!(versions(&s3, "retention", &format!("{PREFIX}/")).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_lists_locks_and_force_unlocks_by_compare_and_set() {
+    let (moto, _s3) = moto_with_bucket("admin", false).await;
+    let admin = format!("127.0.0.1:{}", testkit::free_port());
+    let backend = start_backend(&backend_env(&moto, "admin", &[("APP_ADMIN_ADDR", &admin)]))
+        .serving()
+        .await;
+    testkit::assert_admin(&backend.url, &format!("http://{admin}"), None).await;
+}
+
 /// Two processes on one bucket share nothing but S3: every fence holds
 /// through S3's conditional writes alone.
 #[tokio::test(flavor = "multi_thread")]

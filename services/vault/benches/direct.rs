@@ -84,6 +84,8 @@ fn head(latest: u32, intent: Option<Intent>) -> Head {
         latest,
         lock: None,
         epoch: 0,
+        floor: 0,
+        locked_at: None,
         intent,
     }
 }

@@ -97,6 +97,13 @@ pub struct Head {
     /// object written after the head it read (see `Engine::get_value`).
     pub epoch: u64,
     pub intent: Option<Intent>,
+    /// Revisions up to this one were pruned by retention (APP_MAX_REVISIONS):
+    /// they answer NOT_FOUND; raised in the same compare-and-set as the
+    /// commit that made them too old. 0: nothing pruned.
+    pub floor: u32,
+    /// When the lock was taken (the locker's clock, ms since the Unix
+    /// epoch), for operators listing locks; `None` for older locks.
+    pub locked_at: Option<u64>,
 }
 
 /// The JSON form. Legacy heads (`deleting`, SM's `state`) still decode.
@@ -111,12 +118,20 @@ struct Wire {
     epoch: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     intent: Option<Intent>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    floor: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    locked_at: Option<u64>,
     /// Written by the first versions of the vault and s3 backends.
     #[serde(default, skip_serializing)]
     deleting: bool,
     /// Written by the first version of the Secrets Manager backend.
     #[serde(default, skip_serializing)]
     state: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Head {
@@ -133,7 +148,14 @@ impl Head {
                 digest,
                 since,
             }),
+            floor: 0,
+            locked_at: None,
         }
+    }
+
+    /// Whether revision `rev` may be readable: committed and not pruned.
+    pub fn holds(&self, rev: u32) -> bool {
+        rev > self.floor && rev <= self.latest
     }
 
     /// The TypeInstance exists for callers: a committed revision and no delete.
@@ -149,6 +171,8 @@ impl Head {
             lock: self.lock.clone(),
             epoch: self.epoch,
             intent: self.intent.clone(),
+            floor: self.floor,
+            locked_at: self.locked_at,
             deleting: false,
             state: None,
         };
@@ -193,6 +217,8 @@ impl Head {
             lock: w.lock,
             epoch: w.epoch,
             intent,
+            floor: w.floor,
+            locked_at: w.locked_at,
         })
     }
 }
@@ -221,6 +247,8 @@ mod tests {
             lock: Some("hub".into()),
             epoch: 2,
             intent: Some(Intent::DeleteRevision { rev: 3, since: 9 }),
+            floor: 1,
+            locked_at: Some(1_700_000_000_000),
         };
         assert_eq!(Head::from_json(&head.to_json()), Some(head));
     }

@@ -162,6 +162,20 @@ impl<const MODE: u8> HeadStore for MemoryStore<MODE> {
         Ok(out)
     }
 
+    async fn list_heads(&self) -> Result<Vec<(TypeInstanceId, Head)>> {
+        self.enter().await?;
+        let heads: Vec<(String, Head)> = self
+            .lock()
+            .heads
+            .iter()
+            .map(|(id, (h, _))| (id.clone(), h.clone()))
+            .collect();
+        Ok(heads
+            .into_iter()
+            .filter_map(|(id, h)| Some((TypeInstanceId::parse(&id).ok()?, h)))
+            .collect())
+    }
+
     async fn create_head(&self, id: &TypeInstanceId, head: &Head) -> Result<Option<String>> {
         self.enter().await?;
         let v = self.next_version();

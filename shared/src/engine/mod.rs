@@ -33,7 +33,7 @@ use serde_json::Value as Json;
 pub use head::{Head, Intent, MANAGED_BY};
 
 use crate::{
-    Backend, Context, Describe, Error, Owner, Result, Revision, TypeInstanceId, Value,
+    Backend, Context, Describe, Error, LockInfo, Owner, Result, Revision, TypeInstanceId, Value,
     ValueBackend, config::ServerConfig,
 };
 
@@ -150,6 +150,15 @@ pub trait HeadStore: Send + Sync + 'static {
         Ok(revs.into_iter().filter(|r| *r < rev).max())
     }
 
+    /// Every head the store holds, for the admin service's lock listing
+    /// (a full scan: operators only). Records that are not ours are skipped.
+    async fn list_heads(&self) -> Result<Vec<(TypeInstanceId, Head)>> {
+        Err(Error::unimplemented(format!(
+            "the {} backend cannot list its TypeInstances",
+            self.describe().name
+        )))
+    }
+
     /// Called after the latest readable revision changed (`None`: the
     /// TypeInstance is gone), for stores that project it somewhere
     /// (kubernetes-secret's application Secret; set [`Self::PROJECTS`]). A failure fails the call;
@@ -214,6 +223,10 @@ impl<S: HeadStore> HeadStore for Arc<S> {
     ) -> Result<Option<u32>> {
         (**self).highest_below(id, life, rev).await
     }
+    async fn list_heads(&self) -> Result<Vec<(TypeInstanceId, Head)>> {
+        (**self).list_heads().await
+    }
+
     async fn project(&self, id: &TypeInstanceId, latest: Option<(u32, &[u8])>) -> Result<()> {
         (**self).project(id, latest).await
     }
@@ -232,6 +245,12 @@ pub struct EngineArgs {
     /// Attempts of one call against concurrent changes before ABORTED.
     #[arg(long, env = "APP_CAS_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub cas_attempts: u32,
+
+    /// Keep only the newest N revisions of each TypeInstance; older ones are
+    /// pruned by the update that makes them too old and answer NOT_FOUND.
+    /// 0 keeps every revision.
+    #[arg(long, env = "APP_MAX_REVISIONS", default_value_t = 0)]
+    pub max_revisions: u32,
 }
 
 /// Milliseconds since the Unix epoch; replaceable for tests.
@@ -267,6 +286,8 @@ pub struct Options {
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
     pub clock: Clock,
+    /// Retention: the newest N revisions stay readable; `None` keeps all.
+    pub max_revisions: Option<u32>,
 }
 
 impl Default for Options {
@@ -277,6 +298,7 @@ impl Default for Options {
             backoff_base: Duration::from_millis(4),
             backoff_cap: Duration::from_millis(250),
             clock: Clock::system(),
+            max_revisions: None,
         }
     }
 }
@@ -294,6 +316,7 @@ impl Options {
         Ok(Options {
             lease: args.intent_lease,
             attempts: args.cas_attempts,
+            max_revisions: (args.max_revisions > 0).then_some(args.max_revisions),
             ..Options::default()
         })
     }
@@ -304,6 +327,10 @@ pub struct Engine<S> {
     store: S,
     opts: Options,
 }
+
+/// How far past the usual one revision a single commit may raise the
+/// retention floor (bounds the removals one OnUpdate does).
+const PRUNE_BATCH: u32 = 16;
 
 /// 64 random bits in hex: lifes and write nonces.
 fn token() -> String {
@@ -604,15 +631,22 @@ impl<S: HeadStore> Engine<S> {
         }
         for attempt in self.attempts() {
             self.backoff(attempt).await;
+            // Retention: the commit that makes revisions too old also makes
+            // them unreadable, in the same compare-and-set (so the lock and
+            // the claim that allowed the commit allowed the pruning too).
+            let floor = self.floor_after(head.floor, rev);
             let next = Head {
                 latest: rev,
                 intent: None,
+                floor,
                 ..head.clone()
             };
             if self.store.replace_head(id, &next, &tag).await?.is_some() {
                 self.store
                     .project(id, Some((rev, value.as_bytes())))
                     .await?;
+                crate::metrics::revisions_pruned(u64::from(floor - head.floor));
+                self.prune(id, &life, head.floor, floor).await?;
                 return Ok(Commit::Done);
             }
             let current = self.store.read_head(id).await?;
@@ -662,6 +696,29 @@ impl<S: HeadStore> Engine<S> {
             .map(drop)
     }
 
+    /// The floor after committing `rev`: with retention, everything below
+    /// the newest N, advancing at most [`PRUNE_BATCH`] past the usual one
+    /// per commit (a lowered limit catches up over several updates).
+    fn floor_after(&self, floor: u32, rev: u32) -> u32 {
+        match self.opts.max_revisions {
+            Some(keep) => {
+                let target = rev.saturating_sub(keep);
+                target.min(floor.saturating_add(PRUNE_BATCH + 1)).max(floor)
+            }
+            None => floor,
+        }
+    }
+
+    /// Removes the objects of revisions `from+1..=to`, now below the floor:
+    /// unreadable already, so a crash here only leaves objects that the
+    /// TypeInstance's delete removes with the rest.
+    async fn prune(&self, id: &TypeInstanceId, life: &str, from: u32, to: u32) -> Result<()> {
+        for rev in from + 1..=to {
+            self.store.remove_revision(Slot { id, life, rev }).await?;
+        }
+        Ok(())
+    }
+
     fn finish(commit: Commit) -> Result<Option<Json>> {
         match commit {
             Commit::Done => Ok(None),
@@ -693,7 +750,7 @@ impl<S: HeadStore> Backend for Engine<S> {
         for attempt in self.attempts() {
             self.backoff(attempt).await;
             let (h, _) = self.live(id, Some(rev), false).await?;
-            if rev > h.latest || deleting_revision(&h, rev) {
+            if !h.holds(rev) || deleting_revision(&h, rev) {
                 return Err(rules::revision_not_found(id, rev));
             }
             match self
@@ -732,9 +789,59 @@ impl<S: HeadStore> Backend for Engine<S> {
             }
             let next = Head {
                 lock: Some(owner.as_str().to_owned()),
+                locked_at: Some(self.now()),
                 ..h
             };
             if self.store.replace_head(id, &next, &tag).await?.is_some() {
+                return Ok(());
+            }
+        }
+        Err(rules::contended(id))
+    }
+
+    async fn list_locks(&self) -> Result<Vec<LockInfo>> {
+        let mut locks: Vec<LockInfo> = self
+            .store
+            .list_heads()
+            .await?
+            .into_iter()
+            .filter(|(_, h)| h.is_live())
+            .filter_map(|(id, h)| {
+                Some(LockInfo {
+                    owner: h.lock?,
+                    locked_at: h.locked_at,
+                    id,
+                })
+            })
+            .collect();
+        locks.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+        Ok(locks)
+    }
+
+    async fn force_unlock(&self, id: &TypeInstanceId, expected: &Owner) -> Result<()> {
+        for attempt in self.attempts() {
+            self.backoff(attempt).await;
+            let (h, tag) = self.live(id, None, true).await?;
+            match h.lock.as_deref() {
+                Some(holder) if holder == expected.as_str() => {}
+                Some(holder) => {
+                    return Err(Error::failed_precondition(format!(
+                        "type instance {id} is locked by {holder}, not by {expected}: nothing changed"
+                    )));
+                }
+                None => {
+                    return Err(Error::failed_precondition(format!(
+                        "type instance {id} is not locked: nothing changed"
+                    )));
+                }
+            }
+            let next = Head {
+                lock: None,
+                locked_at: None,
+                ..h
+            };
+            if self.store.replace_head(id, &next, &tag).await?.is_some() {
+                tracing::warn!(type_instance = %id, owner = %expected, "lock cleared by force-unlock");
                 return Ok(());
             }
         }
@@ -748,7 +855,11 @@ impl<S: HeadStore> Backend for Engine<S> {
             if h.lock.is_none() {
                 return Ok(());
             }
-            let next = Head { lock: None, ..h };
+            let next = Head {
+                lock: None,
+                locked_at: None,
+                ..h
+            };
             if self.store.replace_head(id, &next, &tag).await?.is_some() {
                 return Ok(());
             }
@@ -904,10 +1015,15 @@ impl<S: HeadStore> ValueBackend for Engine<S> {
             )?;
             if step == rules::UpdateStep::Done {
                 if rev == h.latest {
-                    // A retry also completes the projection of the first try.
+                    // A retry also completes the projection and the pruning
+                    // of the first try (removals of gone objects are no-ops).
                     self.store
                         .project(id, Some((rev, value.as_bytes())))
                         .await?;
+                    if self.opts.max_revisions.is_some() {
+                        let from = h.floor.saturating_sub(PRUNE_BATCH + 1);
+                        self.prune(id, &h.life, from, h.floor).await?;
+                    }
                 }
                 return Ok(None);
             }
@@ -997,6 +1113,10 @@ impl<S: HeadStore> ValueBackend for Engine<S> {
                 return Err(rules::revision_not_found(id, rev));
             }
             rules::check_lock(id, h.lock.as_deref(), owner)?;
+            if !h.holds(rev) {
+                // Pruned by retention: gone like a deleted revision.
+                return Err(rules::revision_not_found(id, rev));
+            }
             if let Some(i) = &h.intent {
                 if !self.stale(i) || !self.take_over(id, &h, &tag).await? {
                     busy = true;
@@ -1014,7 +1134,14 @@ impl<S: HeadStore> ValueBackend for Engine<S> {
                 Some(_) => {}
             }
             let below = if rev == h.latest {
-                match self.store.highest_below(id, &h.life, rev).await? {
+                // Objects at or below the floor are pruned leftovers, not
+                // revisions.
+                match self
+                    .store
+                    .highest_below(id, &h.life, rev)
+                    .await?
+                    .filter(|b| *b > h.floor)
+                {
                     Some(b) => Some(b),
                     None => {
                         // The last revision: the TypeInstance goes with it.

@@ -5,6 +5,7 @@
 //! `BackendInfo/Describe`. Values are written to stdout only when asked for
 //! (`get`, `pre-create-value`) and never appear in an error.
 
+pub mod admin;
 pub mod connect;
 pub mod error;
 pub mod hub;
@@ -152,6 +153,22 @@ pub enum Command {
         #[arg(long, default_value = "")]
         service: String,
     },
+    /// List the locked TypeInstances with holder and lock time (the admin
+    /// service: --url is the backend's APP_ADMIN_ADDR).
+    Locks {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Clear a lock only while EXPECTED_OWNER still holds it, for the day the
+    /// Hub lost its own state (the admin service: --url is APP_ADMIN_ADDR).
+    ForceUnlock {
+        /// TypeInstance id.
+        id: String,
+        /// The holder you saw in `locks`; anyone else holding it: nothing changes.
+        #[arg(long)]
+        expected_owner: String,
+    },
     /// Register this backend in the Hub: with --hub-endpoint, find or create
     /// its storage TypeInstance there and print its id; without, print the
     /// YAML that registers it (the TypeInstance and its OCF Type).
@@ -238,6 +255,12 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
     }
     if let Command::Health { service } = &cli.command {
         return health(&cli.connect, service).await;
+    }
+    if let Command::Locks { json } = &cli.command {
+        return admin::locks(&cli.connect, *json).await;
+    }
+    if let Command::ForceUnlock { id, expected_owner } = &cli.command {
+        return admin::force_unlock(&cli.connect, id, expected_owner).await;
     }
     if let Command::Unregister {
         name,
@@ -333,7 +356,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
                 None => Ok(()),
             }
         }
-        Command::Unregister { .. } => Ok(()),
+        Command::Unregister { .. } | Command::Locks { .. } | Command::ForceUnlock { .. } => Ok(()),
         Command::Register {
             hub_url,
             type_path,

@@ -25,13 +25,17 @@ pub struct MemoryBackend {
     pub url: String,
     /// `127.0.0.1:<port>`, the form a Hub registration holds.
     pub addr: String,
+    /// The admin listener (APP_ADMIN_ADDR), `http://127.0.0.1:<port>`.
+    pub admin_url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl MemoryBackend {
     /// Serves a fresh, empty store on a free port.
     pub async fn start() -> Self {
-        let config = Args::parse_from(["memory", "--metrics-addr", "off"]).server;
+        let admin = format!("127.0.0.1:{}", crate::free_port());
+        let config =
+            Args::parse_from(["memory", "--metrics-addr", "off", "--admin-addr", &admin]).server;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the in-process backend");
@@ -52,6 +56,7 @@ impl MemoryBackend {
         Self {
             url: format!("http://{addr}"),
             addr,
+            admin_url: format!("http://{admin}"),
             stop: Some(tx),
         }
     }
