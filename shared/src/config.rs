@@ -96,6 +96,17 @@ pub struct ServerConfig {
     #[arg(long, env = "APP_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
+    /// Budget of one request for all its store calls and retries; when it
+    /// runs out the call answers UNAVAILABLE naming the store and the step.
+    /// A caller's shorter deadline still wins (DEADLINE_EXCEEDED).
+    #[arg(long, env = "APP_STORE_DEADLINE", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub store_deadline: Duration,
+
+    /// Time limit of one health probe of the store; a probe that times out
+    /// or finds the store unreachable turns readiness NOT_SERVING at once.
+    #[arg(long, env = "APP_HEALTH_PROBE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub health_probe_timeout: Duration,
+
     /// Largest value accepted by OnCreate/OnUpdate, in bytes (the store's own
     /// limit applies if lower).
     #[arg(long, env = "APP_MAX_VALUE_BYTES", default_value_t = 1 << 20)]
@@ -137,6 +148,11 @@ impl ServerConfig {
         }
         if self.health_interval.is_zero() {
             return Err("APP_HEALTH_INTERVAL must be above zero".into());
+        }
+        if self.store_deadline.is_zero() || self.health_probe_timeout.is_zero() {
+            return Err(
+                "APP_STORE_DEADLINE and APP_HEALTH_PROBE_TIMEOUT must be above zero".into(),
+            );
         }
         Ok(())
     }

@@ -28,6 +28,10 @@ use crate::{
 pub struct AdapterOptions {
     /// Upper bound for one request; a shorter `grpc-timeout` from the caller wins.
     pub request_timeout: Duration,
+    /// Budget of one request's store calls and retries: when it runs out
+    /// the answer is UNAVAILABLE naming the step (a caller's shorter
+    /// deadline still gives DEADLINE_EXCEEDED).
+    pub store_deadline: Duration,
     /// Configured value limit; the backend's own limit may be lower.
     pub max_value_bytes: u64,
 }
@@ -36,6 +40,7 @@ impl Default for AdapterOptions {
     fn default() -> Self {
         Self {
             request_timeout: Duration::from_secs(30),
+            store_deadline: Duration::from_secs(15),
             max_value_bytes: 1 << 20,
         }
     }
@@ -47,6 +52,15 @@ pub struct Adapter<B> {
     describe: Describe,
     rules: Rules,
     timeout: Duration,
+    store_deadline: Duration,
+}
+
+/// Which bound ends a request: the caller's (or the request timeout), or
+/// the store's budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deadline {
+    pub after: Duration,
+    pub store: bool,
 }
 
 impl<B: Backend> Adapter<B> {
@@ -58,6 +72,7 @@ impl<B: Backend> Adapter<B> {
             describe,
             rules,
             timeout: options.request_timeout,
+            store_deadline: options.store_deadline,
         })
     }
 
@@ -70,11 +85,23 @@ impl<B: Backend> Adapter<B> {
         self.rules.max_value_bytes()
     }
 
-    fn deadline(&self, meta: &MetadataMap) -> Duration {
-        meta.get("grpc-timeout")
+    fn deadline(&self, meta: &MetadataMap) -> Deadline {
+        let caller = meta
+            .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout)
-            .map_or(self.timeout, |d| d.min(self.timeout))
+            .map_or(self.timeout, |d| d.min(self.timeout));
+        if self.store_deadline < caller {
+            Deadline {
+                after: self.store_deadline,
+                store: true,
+            }
+        } else {
+            Deadline {
+                after: caller,
+                store: false,
+            }
+        }
     }
 
     /// Runs one RPC: deadline, status mapping, log line, metrics.
@@ -83,7 +110,7 @@ impl<B: Backend> Adapter<B> {
         method: &'static str,
         raw_id: &str,
         revision: Option<u32>,
-        deadline: Duration,
+        deadline: Deadline,
         fut: impl Future<Output = Result<T>>,
     ) -> Result<Response<T>, Status> {
         // Only a valid id is logged: an invalid one may hold anything.
@@ -94,11 +121,18 @@ impl<B: Backend> Adapter<B> {
         };
         let span = tracing::info_span!("rpc", method, id, revision);
         let start = std::time::Instant::now();
-        let result = match tokio::time::timeout(deadline, fut.instrument(span.clone())).await {
+        let result = match tokio::time::timeout(deadline.after, fut.instrument(span.clone())).await
+        {
             Ok(r) => r,
+            Err(_) if deadline.store => Err(Error::unavailable(format!(
+                "{} did not answer within {} while {}",
+                self.describe.name,
+                humantime::format_duration(deadline.after),
+                step(method, id, revision)
+            ))),
             Err(_) => Err(Error::deadline_exceeded(format!(
                 "{method} did not finish within {}",
-                humantime::format_duration(deadline)
+                humantime::format_duration(deadline.after)
             ))),
         };
         let elapsed = start.elapsed();
@@ -486,8 +520,24 @@ impl BackendInfo for Info {
     }
 }
 
-/// Parses the gRPC `grpc-timeout` header (`<digits><unit>`, unit in H M S m u n).
-pub fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
+/// What a request was doing, for the message of a store that went silent.
+fn step(method: &str, id: &str, revision: Option<u32>) -> String {
+    let rev = |what: &str| match revision {
+        Some(r) => format!("{what} revision {r} of type instance {id}"),
+        None => format!("{what} type instance {id}"),
+    };
+    match method {
+        "GetValue" => rev("reading"),
+        "OnCreate" | "OnUpdate" => rev("writing"),
+        "OnDeleteRevision" => rev("deleting"),
+        "OnDelete" => format!("deleting type instance {id}"),
+        "OnLock" => format!("locking type instance {id}"),
+        "OnUnlock" => format!("unlocking type instance {id}"),
+        "GetLockedBy" => format!("reading the lock of type instance {id}"),
+        other => format!("serving {other} for type instance {id}"),
+    }
+}
+fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
     let (digits, unit) = raw.split_at(raw.len().checked_sub(1)?);
     let n: u64 = digits.parse().ok()?;
     Some(match unit {
@@ -513,5 +563,99 @@ mod tests {
         assert_eq!(parse_grpc_timeout("5u"), Some(Duration::from_micros(5)));
         assert_eq!(parse_grpc_timeout("x"), None);
         assert_eq!(parse_grpc_timeout(""), None);
+    }
+
+    struct Nothing;
+
+    #[async_trait::async_trait]
+    impl Backend for Nothing {
+        fn describe(&self) -> Describe {
+            Describe {
+                name: "nothing",
+                version: "0",
+                accept_value: true,
+                context_schema: None,
+                context_required: false,
+                max_value_bytes: 1,
+            }
+        }
+        async fn probe(&self) -> Result<()> {
+            Ok(())
+        }
+        async fn get_value(
+            &self,
+            _: &TypeInstanceId,
+            _: crate::Revision,
+            _: &crate::Context,
+        ) -> Result<crate::Value> {
+            Err(Error::unimplemented("nothing"))
+        }
+        async fn get_locked_by(
+            &self,
+            _: &TypeInstanceId,
+            _: &crate::Context,
+        ) -> Result<Option<crate::Owner>> {
+            Ok(None)
+        }
+        async fn lock(
+            &self,
+            _: &TypeInstanceId,
+            _: &crate::Context,
+            _: &crate::Owner,
+        ) -> Result<()> {
+            Ok(())
+        }
+        async fn unlock(&self, _: &TypeInstanceId, _: &crate::Context) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn adapter(request: u64, store: u64) -> Adapter<Nothing> {
+        let options = AdapterOptions {
+            request_timeout: Duration::from_millis(request),
+            store_deadline: Duration::from_millis(store),
+            max_value_bytes: 1,
+        };
+        Adapter::new(Arc::new(Nothing), &options).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    fn caller(timeout: Option<&str>) -> MetadataMap {
+        let mut m = MetadataMap::new();
+        if let Some(t) = timeout {
+            m.insert(
+                "grpc-timeout",
+                t.parse().unwrap_or_else(|e| panic!("{e:?}")),
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn the_store_deadline_binds_unless_the_caller_or_the_request_timeout_is_shorter() {
+        let a = adapter(30_000, 15_000);
+        let store = |ms| Deadline {
+            after: Duration::from_millis(ms),
+            store: true,
+        };
+        let caller_side = |ms| Deadline {
+            after: Duration::from_millis(ms),
+            store: false,
+        };
+        assert_eq!(a.deadline(&caller(None)), store(15_000));
+        assert_eq!(a.deadline(&caller(Some("20S"))), store(15_000));
+        assert_eq!(a.deadline(&caller(Some("200m"))), caller_side(200));
+        assert_eq!(
+            adapter(100, 15_000).deadline(&caller(None)),
+            caller_side(100)
+        );
+    }
+
+    #[test]
+    fn a_silent_store_is_described_by_the_step() {
+        assert_eq!(
+            step("OnUpdate", "ti", Some(3)),
+            "writing revision 3 of type instance ti"
+        );
+        assert_eq!(step("OnLock", "ti", None), "locking type instance ti");
     }
 }

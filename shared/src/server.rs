@@ -208,6 +208,7 @@ pub async fn run_context<B: ContextBackend>(
 fn adapter<B: Backend>(backend: &Arc<B>, config: &ServerConfig) -> Result<Adapter<B>, String> {
     let options = AdapterOptions {
         request_timeout: config.request_timeout,
+        store_deadline: config.store_deadline,
         max_value_bytes: config.max_value_bytes,
     };
     Adapter::new(Arc::clone(backend), &options).map_err(|e| e.detail())
@@ -335,8 +336,11 @@ async fn run<B: Backend>(
         Arc::clone(&backend),
         reporter.clone(),
         services,
-        config.health_interval,
-        config.health_failure_threshold,
+        Probing {
+            interval: config.health_interval,
+            timeout: config.health_probe_timeout.min(config.health_interval),
+            threshold: config.health_failure_threshold,
+        },
         stop_rx.clone(),
     ));
 
@@ -413,28 +417,40 @@ async fn set_status(reporter: &HealthReporter, services: &[&str], status: Servin
 
 /// SERVING after a successful probe; NOT_SERVING after `threshold`
 /// consecutive failures (and until the first success).
+/// How the store is probed for readiness.
+struct Probing {
+    interval: Duration,
+    timeout: Duration,
+    threshold: u32,
+}
+
+/// Readiness: a probe every `interval`. A probe that times out, or finds
+/// the store unreachable (UNAVAILABLE), takes the backend out of rotation at
+/// once — within one interval plus the probe timeout of the store going
+/// silent; other failures (a denied permission) count to `threshold`. The
+/// first good probe brings it back.
 async fn probe_loop<B: Backend>(
     backend: Arc<B>,
     reporter: HealthReporter,
     services: [&'static str; 3],
-    interval: Duration,
-    threshold: u32,
+    probing: Probing,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut failures = 0u32;
     let mut serving = false;
     loop {
-        let ok = match tokio::time::timeout(interval.max(Duration::from_secs(1)), backend.probe())
-            .await
-        {
-            Ok(Ok(())) => true,
+        let (ok, silent) = match tokio::time::timeout(probing.timeout, backend.probe()).await {
+            Ok(Ok(())) => (true, false),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e.detail(), "health probe failed");
-                false
+                (false, e.kind() == crate::ErrorKind::Unavailable)
             }
             Err(_) => {
-                tracing::warn!("health probe timed out");
-                false
+                tracing::warn!(
+                    timeout = %humantime::format_duration(probing.timeout),
+                    "health probe timed out"
+                );
+                (false, true)
             }
         };
         if *stop.borrow() {
@@ -449,14 +465,14 @@ async fn probe_loop<B: Backend>(
             }
         } else {
             failures = failures.saturating_add(1);
-            if serving && failures >= threshold {
+            if serving && (silent || failures >= probing.threshold) {
                 serving = false;
                 tracing::warn!(failures, "backing store unreachable: NOT_SERVING");
                 set_status(&reporter, &services, ServingStatus::NotServing).await;
             }
         }
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(probing.interval) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }

@@ -188,6 +188,49 @@ async fn slow_request_ends_with_deadline_exceeded() {
     assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
 }
 
+#[tokio::test]
+async fn a_silent_store_ends_the_call_with_unavailable_naming_the_step() {
+    let mut backend = Memory::new(None);
+    backend.read_delay = Duration::from_secs(3);
+    let server = start_with(backend, &["--store-deadline", "200ms"]).await;
+    let target = Target::connect(&Connect::plain(server.url.clone()), None)
+        .await
+        .expect("connect");
+    let err = target.get("slow", 1).await.expect_err("store deadline");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(
+        err.message()
+            .contains("did not answer within 200ms while reading revision 1 of type instance slow"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_probe_takes_readiness_away_at_once_whatever_the_threshold() {
+    let backend = Arc::new(Memory::new(None));
+    let server = support::start_shared(
+        Arc::clone(&backend),
+        &[
+            "--health-interval",
+            "200ms",
+            "--health-probe-timeout",
+            "100ms",
+            "--health-failure-threshold",
+            "100",
+        ],
+    )
+    .await;
+    wait_for_health(&server.url, ServingStatus::Serving).await;
+    backend.probe_hangs.store(true, Ordering::SeqCst);
+    wait_for_health(&server.url, ServingStatus::NotServing).await;
+    assert_eq!(
+        health(&server.url, shared::server::LIVENESS_SERVICE).await,
+        ServingStatus::Serving
+    );
+    backend.probe_hangs.store(false, Ordering::SeqCst);
+    wait_for_health(&server.url, ServingStatus::Serving).await;
+}
+
 /// A CA, a server certificate for 127.0.0.1/localhost and a client
 /// certificate, made with the openssl CLI.
 fn make_pki(dir: &Path) {

@@ -48,6 +48,8 @@ pub struct Memory {
     pub healthy: AtomicBool,
     /// Delay before every read, for deadline tests.
     pub read_delay: Duration,
+    /// The probe never answers (a silent store), for readiness tests.
+    pub probe_hangs: AtomicBool,
 }
 
 impl Memory {
@@ -58,6 +60,7 @@ impl Memory {
             accept_value: true,
             healthy: AtomicBool::new(true),
             read_delay: Duration::ZERO,
+            probe_hangs: AtomicBool::new(false),
         }
     }
 
@@ -263,6 +266,9 @@ impl Backend for Memory {
     }
 
     async fn probe(&self) -> Result<()> {
+        if self.probe_hangs.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         if self.healthy.load(Ordering::SeqCst) {
             Ok(())
         } else {
