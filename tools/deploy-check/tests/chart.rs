@@ -141,6 +141,98 @@ fn an_unknown_backend_is_refused_at_render_time() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not one of"));
 }
 
+/// `helm template` that must fail; its error text.
+fn render_error(sets: &[(&str, &str)]) -> String {
+    let mut cmd = std::process::Command::new(testkit::tool_bin("helm", "HELM_BIN"));
+    cmd.args(["template", "x"])
+        .arg(deploy_check::chart_dir())
+        .args(["--kube-version", deploy_check::KUBE_VERSION]);
+    for (k, v) in sets {
+        cmd.arg("--set").arg(format!("{k}={v}"));
+    }
+    let out = cmd.output().expect("run helm");
+    assert!(!out.status.success(), "{sets:?} rendered");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn sops_git_defaults_keep_every_value_and_the_key_on_a_volume() {
+    let objects = render(
+        "capact-storage-sops-git",
+        "capact-system",
+        &[("backend", "sops-git")],
+    );
+    assert!(
+        find(&objects, "PersistentVolumeClaim").is_some(),
+        "a PVC by default"
+    );
+    let deployment = find(&objects, "Deployment").expect("Deployment");
+    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+    let volumes = deployment["spec"]["template"]["spec"]["volumes"].to_string();
+    assert!(volumes.contains("persistentVolumeClaim"), "{volumes}");
+}
+
+#[test]
+fn sops_git_setups_that_would_lose_data_are_refused_with_what_to_set() {
+    let err = render_error(&[("backend", "sops-git"), ("persistence.enabled", "false")]);
+    assert!(
+        err.contains("APP_GIT_REMOTE") && err.contains("sopsAgeKey"),
+        "{err}"
+    );
+    let err = render_error(&[
+        ("backend", "sops-git"),
+        ("persistence.enabled", "false"),
+        (
+            "config.sops-git.APP_GIT_REMOTE",
+            "https://git.example/state.git",
+        ),
+    ]);
+    assert!(err.contains("sopsAgeKey"), "{err}");
+    let err = render_error(&[("backend", "sops-git"), ("replicaCount", "2")]);
+    assert!(err.contains("replicaCount must be 1"), "{err}");
+}
+
+#[test]
+fn sops_git_with_a_remote_and_an_age_key_secret_needs_no_volume() {
+    let objects = render(
+        "capact-storage-sops-git",
+        "capact-system",
+        &[
+            ("backend", "sops-git"),
+            ("persistence.enabled", "false"),
+            (
+                "config.sops-git.APP_GIT_REMOTE",
+                "https://git.example/state.git",
+            ),
+            ("sopsAgeKey.value", "AGE-SECRET-KEY-1TEST"),
+        ],
+    );
+    assert!(find(&objects, "PersistentVolumeClaim").is_none());
+    let secret = find(&objects, "Secret").expect("the age key Secret");
+    assert_eq!(secret["stringData"]["age.key"], "AGE-SECRET-KEY-1TEST");
+    let env = container(&objects)["env"].to_string();
+    assert!(
+        env.contains(r#""name":"APP_SOPS_AGE_KEY_FILE","value":"/etc/capact-storage/age/age.key""#),
+        "{env}"
+    );
+    let existing = render(
+        "capact-storage-sops-git",
+        "capact-system",
+        &[
+            ("backend", "sops-git"),
+            ("sopsAgeKey.existingSecret", "sops-age"),
+        ],
+    );
+    assert!(
+        find(&existing, "Secret").is_none(),
+        "an existing Secret is not created"
+    );
+    let volumes =
+        find(&existing, "Deployment").expect("Deployment")["spec"]["template"]["spec"]["volumes"]
+            .to_string();
+    assert!(volumes.contains(r#""secretName":"sops-age""#), "{volumes}");
+}
+
 #[test]
 fn values_list_every_environment_variable_of_every_backend() {
     let values = std::fs::read_to_string(deploy_check::chart_dir().join("values.yaml"))
