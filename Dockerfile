@@ -44,7 +44,10 @@ COPY --from=rootfs --chown=65532:65532 /rootfs/data /data
 USER 65532:65532
 # sops-git keeps its working clone and generated key here.
 ENV APP_DATA_DIR=/data
+# The plaintext health-only port, on by default in the image: the
+# HEALTHCHECK below works whether or not the gRPC port uses (mutual) TLS.
+ENV APP_HEALTH_ADDR=:50052
 EXPOSE 50051 50052 9464
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
-    CMD ["/usr/local/bin/storagectl", "--url", "127.0.0.1:50051", "health"]
+    CMD ["/usr/local/bin/storagectl", "--url", "127.0.0.1:50052", "health"]
 ENTRYPOINT ["/usr/local/bin/backend"]

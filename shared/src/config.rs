@@ -88,6 +88,11 @@ pub struct ServerConfig {
     #[arg(long, env = "APP_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// How often the TLS files are checked; a changed certificate, key or
+    /// client CA is used by new connections, open ones keep theirs.
+    #[arg(long, env = "APP_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tls_reload_interval: Duration,
+
     /// How long in-flight requests may finish after SIGTERM/SIGINT.
     #[arg(long, env = "APP_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,

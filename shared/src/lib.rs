@@ -18,6 +18,7 @@ mod oversize;
 pub mod proto;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod types;
 pub mod validate;
 

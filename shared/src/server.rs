@@ -5,7 +5,7 @@ use std::{future::Future, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::Parser;
 use tokio::net::TcpListener;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
+use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
@@ -26,6 +26,9 @@ use crate::{
 /// Health service name that reports SERVING while the process runs, for
 /// liveness probes (the empty name tracks the store, for readiness).
 pub const LIVENESS_SERVICE: &str = "liveness";
+
+/// How long a client may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A backend's full configuration: the server part plus its own settings.
 pub trait BackendConfig: Parser + Send + 'static {
@@ -252,13 +255,19 @@ async fn run<B: Backend>(
         .build_v1alpha()
         .map_err(|e| format!("reflection setup failed: {e}"))?;
 
-    let mut builder = Server::builder();
-    if let Some(tls) = tls_config(config)? {
-        builder = builder
-            .tls_config(tls)
-            .map_err(|e| format!("TLS setup failed: {e}"))?;
-    }
-    let router = builder
+    // TLS is ours (shared::tls), not tonic's: certificates reload from disk.
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::Reloading::start(
+            crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: config.tls_client_ca.clone(),
+            },
+            config.tls_reload_interval,
+        )?),
+        _ => None,
+    };
+    let router = Server::builder()
         .add_service(health.clone())
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -355,14 +364,28 @@ async fn run<B: Backend>(
     );
 
     let mut server_stop = stop_rx.clone();
-    // TCP_NODELAY: small unary responses otherwise wait ~40 ms for delayed ACKs.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    // One TCP write per response (see coalesce.rs).
-    let incoming =
-        futures::StreamExt::map(incoming, |conn| conn.map(crate::coalesce::Coalescing::new));
-    let server = router.serve_with_incoming_shutdown(incoming, async move {
+    let stopped = async move {
         let _ = server_stop.wait_for(|s| *s).await;
-    });
+    };
+    type Serving =
+        std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+    let server: Serving = match tls {
+        Some(tls) => {
+            let handshakes = tls.incoming(listener, HANDSHAKE_TIMEOUT);
+            let incoming = tokio_stream::wrappers::ReceiverStream::new(handshakes);
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
+        }
+        None => {
+            // TCP_NODELAY: small unary responses otherwise wait ~40 ms for
+            // delayed ACKs.
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            // One TCP write per response (see coalesce.rs).
+            let incoming = futures::StreamExt::map(incoming, |conn| {
+                conn.map(crate::coalesce::Coalescing::new)
+            });
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
+        }
+    };
     tokio::pin!(server);
     tokio::pin!(shutdown);
 
@@ -394,29 +417,12 @@ async fn run<B: Backend>(
     result
 }
 
-fn tls_config(config: &ServerConfig) -> Result<Option<ServerTlsConfig>, String> {
-    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
-        return Ok(None);
-    };
-    let read = |p: &std::path::Path, var: &str| {
-        std::fs::read(p).map_err(|e| format!("cannot read {var} file {}: {e}", p.display()))
-    };
-    let identity = Identity::from_pem(read(cert, "APP_TLS_CERT")?, read(key, "APP_TLS_KEY")?);
-    let mut tls = ServerTlsConfig::new().identity(identity);
-    if let Some(ca) = &config.tls_client_ca {
-        tls = tls.client_ca_root(Certificate::from_pem(read(ca, "APP_TLS_CLIENT_CA")?));
-    }
-    Ok(Some(tls))
-}
-
 async fn set_status(reporter: &HealthReporter, services: &[&str], status: ServingStatus) {
     for s in services {
         reporter.set_service_status(*s, status).await;
     }
 }
 
-/// SERVING after a successful probe; NOT_SERVING after `threshold`
-/// consecutive failures (and until the first success).
 /// How the store is probed for readiness.
 struct Probing {
     interval: Duration,

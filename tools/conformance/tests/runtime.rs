@@ -266,7 +266,7 @@ fn make_pki(dir: &Path) {
         "-subj",
         "/CN=test-ca",
     ]);
-    for name in ["server", "client"] {
+    for name in ["server", "client", "server2"] {
         run(&[
             "req",
             "-newkey",
@@ -297,6 +297,94 @@ fn make_pki(dir: &Path) {
             "san.ext",
         ]);
     }
+}
+
+/// The certificate a new TLS connection to `addr` is shown.
+async fn served_certificate(addr: &str, ca: &Path) -> Vec<u8> {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).expect("ca") {
+        roots.add(c.expect("ca cert")).expect("add ca");
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("handshake");
+    tls.get_ref().1.peer_certificates().expect("certs")[0].to_vec()
+}
+
+fn der_of(pem: &Path) -> Vec<u8> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    CertificateDer::from_pem_file(pem).expect("pem").to_vec()
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_reaches_new_connections_while_open_ones_keep_working() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    make_pki(dir.path());
+    let p = |f: &str| dir.path().join(f);
+    // The mounted Secret, as cert-manager rotates it.
+    let live = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (live.path().join("tls.crt"), live.path().join("tls.key"));
+    std::fs::copy(p("server.pem"), &cert).expect("copy");
+    std::fs::copy(p("server.key"), &key).expect("copy");
+    let server = start_with(
+        Memory::new(None),
+        &[
+            "--tls-cert",
+            &cert.display().to_string(),
+            "--tls-key",
+            &key.display().to_string(),
+            "--tls-reload-interval",
+            "100ms",
+        ],
+    )
+    .await;
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let open = Target::connect(
+        &Connect {
+            url: format!("https://{addr}"),
+            tls_ca: Some(p("ca.pem")),
+            ..Connect::default()
+        },
+        None,
+    )
+    .await
+    .expect("tls connect");
+    open.create("before", b"v").await.expect("create");
+    assert_eq!(
+        served_certificate(&addr, &p("ca.pem")).await,
+        der_of(&p("server.pem"))
+    );
+
+    // Rotate: each file replaced whole, as a Secret volume update does.
+    for (from, to) in [("server2.key", &key), ("server2.pem", &cert)] {
+        let tmp = to.with_extension("new");
+        std::fs::copy(p(from), &tmp).expect("copy");
+        std::fs::rename(&tmp, to).expect("rename");
+    }
+    let renewed = der_of(&p("server2.pem"));
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = served_certificate(&addr, &p("ca.pem")).await;
+        if seen == renewed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, renewed, "new connections get the renewed certificate");
+    open.create("after", b"v")
+        .await
+        .expect("the connection opened before the rotation still works");
 }
 
 #[tokio::test]
