@@ -368,17 +368,6 @@ impl SecretStore {
         Ok((t == tag).then_some(record))
     }
 
-    fn revision_selector(&self, id: &TypeInstanceId, life: &str) -> String {
-        let base = format!(
-            "{MANAGED_BY_LABEL}={MANAGED_BY},{KEY_LABEL}={},{ROLE_LABEL}=revision",
-            secret_key(id.as_str())
-        );
-        match life {
-            "" => format!("{base},!{LIFE_LABEL}"),
-            life => format!("{base},{LIFE_LABEL}={life}"),
-        }
-    }
-
     /// Whether `s` is the revision object of `id` in `life`.
     fn is_revision_of(s: &Secret, id: &TypeInstanceId, life: &str) -> bool {
         owned_as(s, id, "revision") && label(s, LIFE_LABEL).unwrap_or("") == life
@@ -404,9 +393,11 @@ impl HeadStore for SecretStore {
     }
 
     /// A cheap authorized call: list at most one of our Secrets.
+    /// A cheap authorized call: GET of a name we never write (404 is the
+    /// expected answer; 403 says the Role lacks `get`).
     async fn probe(&self) -> Result<()> {
         self.secrets
-            .list(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"), Some(1))
+            .get(&format!("{}-probe", self.prefix))
             .await
             .map(drop)
     }
@@ -604,23 +595,36 @@ impl HeadStore for SecretStore {
             .map(drop)
     }
 
-    /// LIST by label (delete paths only).
+    /// `1..=upto` by name, without a LIST: revision names are
+    /// deterministic, removing one that does not exist is a cheap 404, and
+    /// the backend's Role then needs no `list` on Secrets (which would
+    /// expose every Secret of the namespace).
     async fn list_revisions(
+        &self,
+        _id: &TypeInstanceId,
+        _life: &str,
+        upto: u32,
+    ) -> Result<Vec<u32>> {
+        Ok((1..=upto).collect())
+    }
+
+    /// Reads downwards from `rev - 1` by name: one GET unless the revisions
+    /// just below were removed too.
+    async fn highest_below(
         &self,
         id: &TypeInstanceId,
         life: &str,
-        _upto: u32,
-    ) -> Result<Vec<u32>> {
-        let found = self
-            .secrets
-            .list(&self.revision_selector(id, life), None)
-            .await?;
-        Ok(found
-            .iter()
-            .filter(|s| Self::is_revision_of(s, id, life))
-            .filter_map(|s| label(s, REVISION_LABEL)?.parse().ok())
-            .filter(|r| *r > 0)
-            .collect())
+        rev: u32,
+    ) -> Result<Option<u32>> {
+        for r in (1..rev).rev() {
+            let at = Slot { id, life, rev: r };
+            if let Some(s) = self.secrets.get(&self.revision_name(&at)).await?
+                && Self::is_revision_of(&s, id, life)
+            {
+                return Ok(Some(r));
+            }
+        }
+        Ok(None)
     }
 
     /// The app Secret follows the latest revision. `None` (the TypeInstance
@@ -747,7 +751,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn revision_names_and_selectors_keep_the_legacy_layout_for_the_empty_life() {
+    async fn revision_names_keep_the_legacy_layout_for_the_empty_life() {
         let s = store().await;
         let ti = id("ti");
         let key = secret_key("ti");
@@ -765,11 +769,6 @@ mod tests {
         assert_eq!(
             s.revision_name(&new),
             format!("capact-{key}-0123456789abcdef-r2")
-        );
-        assert!(s.revision_selector(&ti, "").ends_with(",!capact.io/life"));
-        assert!(
-            s.revision_selector(&ti, "0123456789abcdef")
-                .ends_with(",capact.io/life=0123456789abcdef")
         );
     }
 }

@@ -169,7 +169,7 @@ async fn missing_verb_is_permission_denied_naming_it(cluster: &Cluster) {
         .identity(
             &ns,
             "no-update",
-            secret_rules(&["get", "list", "create", "delete"]),
+            secret_rules(&["get", "create", "delete"]),
         )
         .await;
     let b = backend(sa.env()).await;

@@ -58,7 +58,7 @@ uses (kept equal to deploy/rbac/<backend>.yaml by tools/deploy-check). */ -}}
 {{- if eq .Values.backend "kubernetes-secret" -}}
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, list, create, update, delete]
+  verbs: [get, create, update, delete]
 {{- else if eq .Values.backend "flux-helmrelease" -}}
 - apiGroups: [helm.toolkit.fluxcd.io]
   resources: [helmreleases]
