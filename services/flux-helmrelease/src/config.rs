@@ -38,6 +38,13 @@ pub struct Config {
     #[arg(long, env = "APP_FLUX_NAMESPACES", value_delimiter = ',')]
     pub namespaces: Vec<String>,
 
+    /// Namespace of the revision snapshots (ConfigMaps), so that the
+    /// backend writes ConfigMaps only there (the chart sets its own
+    /// namespace). Unset: each release's namespace, owned by the release.
+    /// Snapshots written before it was set are still read where allowed.
+    #[arg(long, env = "APP_FLUX_SNAPSHOT_NAMESPACE")]
+    pub snapshot_namespace: Option<String>,
+
     /// While a TypeInstance is locked, set `spec.suspend: true` on its
     /// HelmRelease so that Flux stops changing the release; restored on unlock.
     #[arg(long, env = "APP_FLUX_SUSPEND_ON_LOCK", default_value_t = false,

@@ -100,6 +100,8 @@ pub struct FluxBackend {
     namespaces: Vec<String>,
     suspend_on_lock: bool,
     delete_release_on_delete: bool,
+    /// Where snapshots live; `None`: each release's own namespace.
+    snapshot_namespace: Option<String>,
 }
 
 /// A HelmRelease as read, with its tracking state.
@@ -160,6 +162,16 @@ fn check_owner(id: &TypeInstanceId, entry: &Entry, owner: Option<&Owner>) -> Res
     rules::check_lock(id, entry.lock.as_deref(), owner)
 }
 
+/// A permission denial as "not there": legacy snapshot places the backend's
+/// Role may no longer cover.
+fn tolerate_denied<T>(r: Result<T>) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == shared::ErrorKind::PermissionDenied => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// A short pause before retrying a lost race, spread so that racing writers
 /// do not collide again in lockstep.
 async fn backoff(attempt: u32) {
@@ -216,6 +228,10 @@ impl FluxBackend {
                 .collect(),
             suspend_on_lock: config.suspend_on_lock,
             delete_release_on_delete: config.delete_release_on_delete,
+            snapshot_namespace: config
+                .snapshot_namespace
+                .clone()
+                .filter(|n| !n.trim().is_empty()),
         }
     }
 
@@ -225,6 +241,17 @@ impl FluxBackend {
 
     fn config_maps(&self, namespace: &str) -> Api<ConfigMap> {
         Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// Where the snapshots of a release in `release_ns` are written.
+    fn snapshot_ns<'a>(&'a self, release_ns: &'a str) -> &'a str {
+        self.snapshot_namespace.as_deref().unwrap_or(release_ns)
+    }
+
+    /// Where snapshots written before APP_FLUX_SNAPSHOT_NAMESPACE was set
+    /// may still be: the release's namespace, if it is not the snapshot one.
+    fn legacy_ns<'a>(&self, release_ns: &'a str) -> Option<&'a str> {
+        (self.snapshot_ns(release_ns) != release_ns).then_some(release_ns)
     }
 
     fn target(ctx: &Context) -> Result<(String, String)> {
@@ -299,7 +326,30 @@ impl FluxBackend {
         .await
     }
 
+    /// The snapshot of `id` at `rev` for a release in `release_ns`: where
+    /// snapshots are written, else (legacy) in the release's namespace, if
+    /// the backend may still read there.
     async fn get_snapshot(
+        &self,
+        release_ns: &str,
+        id: &TypeInstanceId,
+        rev: u32,
+    ) -> Result<Option<ConfigMap>> {
+        if let Some(cm) = self
+            .get_snapshot_in(self.snapshot_ns(release_ns), id, rev)
+            .await?
+        {
+            return Ok(Some(cm));
+        }
+        match self.legacy_ns(release_ns) {
+            Some(ns) => {
+                tolerate_denied(self.get_snapshot_in(ns, id, rev).await).map(Option::flatten)
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn get_snapshot_in(
         &self,
         ns: &str,
         id: &TypeInstanceId,
@@ -333,12 +383,11 @@ impl FluxBackend {
             uid: &rel.uid,
             api_version: &self.resource.api_version,
         };
-        let mut cm = snapshot::build(id.as_str(), rev, &owner, rel.value()?);
+        let ns = self.snapshot_ns(&rel.namespace);
+        let mut cm = snapshot::build(id.as_str(), rev, &owner, ns, rel.value()?);
         let name = snapshot::name(id.as_str(), rev);
-        let call = Call::new("create", "configmaps")
-            .namespace(&rel.namespace)
-            .name(&name);
-        let api = self.config_maps(&rel.namespace);
+        let call = Call::new("create", "configmaps").namespace(ns).name(&name);
+        let api = self.config_maps(ns);
         let created = store_call("create_snapshot", async {
             match api.create(&PostParams::default(), &cm).await {
                 Ok(_) => Ok(true),
@@ -378,7 +427,17 @@ impl FluxBackend {
         .await
     }
 
-    async fn delete_snapshot(&self, ns: &str, name: &str) -> Result<()> {
+    /// Removes a snapshot of a release in `release_ns` wherever it is.
+    async fn delete_snapshot(&self, release_ns: &str, name: &str) -> Result<()> {
+        self.delete_snapshot_in(self.snapshot_ns(release_ns), name)
+            .await?;
+        match self.legacy_ns(release_ns) {
+            Some(ns) => tolerate_denied(self.delete_snapshot_in(ns, name).await).map(drop),
+            None => Ok(()),
+        }
+    }
+
+    async fn delete_snapshot_in(&self, ns: &str, name: &str) -> Result<()> {
         let call = Call::new("delete", "configmaps").namespace(ns).name(name);
         let api = self.config_maps(ns);
         store_call("delete_snapshot", async {
@@ -391,7 +450,9 @@ impl FluxBackend {
         .await
     }
 
-    /// Every snapshot of `id` in `ns` (or in every served namespace).
+    /// Every snapshot of `id` of a release in `ns` (`None`: of any served
+    /// release, for OnDeleteRevision). With a snapshot namespace, legacy
+    /// snapshots are listed too where the backend may still read them.
     async fn list_snapshots(
         &self,
         id: &TypeInstanceId,
@@ -399,7 +460,7 @@ impl FluxBackend {
     ) -> Result<Vec<ConfigMap>> {
         let lp = ListParams::default().labels(&snapshot::selector(id.as_str()));
         let list = Call::new("list", "configmaps");
-        let apis: Vec<(Api<ConfigMap>, Call<'_>)> = match ns {
+        let served: Vec<(Api<ConfigMap>, Call<'_>)> = match ns {
             Some(ns) => vec![(self.config_maps(ns), list.namespace(ns))],
             None if self.namespaces.is_empty() => vec![(Api::all(self.client.clone()), list)],
             None => self
@@ -408,12 +469,33 @@ impl FluxBackend {
                 .map(|n| (self.config_maps(n), list.namespace(n)))
                 .collect(),
         };
+        // (where, whether a denial there is an error): the snapshot namespace
+        // must answer; legacy places may refuse once their Role is gone.
+        let apis: Vec<(Api<ConfigMap>, Call<'_>, bool)> = match &self.snapshot_namespace {
+            None => served.into_iter().map(|(a, c)| (a, c, true)).collect(),
+            Some(own) => std::iter::once((self.config_maps(own), list.namespace(own), true))
+                .chain(
+                    served
+                        .into_iter()
+                        .filter(|(_, c)| c.namespace != Some(own.as_str()))
+                        .map(|(a, c)| (a, c, false)),
+                )
+                .collect(),
+        };
         let mut out = Vec::new();
-        for (api, call) in apis {
-            let list = store_call("list_snapshots", async {
+        for (api, call, required) in apis {
+            let listed = store_call("list_snapshots", async {
                 api.list(&lp).await.map_err(|e| ke::map(e, &call))
             })
-            .await?;
+            .await;
+            let list = if required {
+                listed?
+            } else {
+                match tolerate_denied(listed)? {
+                    Some(list) => list,
+                    None => continue,
+                }
+            };
             out.extend(
                 list.items
                     .into_iter()
@@ -425,8 +507,13 @@ impl FluxBackend {
 
     async fn delete_all_snapshots(&self, id: &TypeInstanceId, ns: &str) -> Result<()> {
         for cm in self.list_snapshots(id, Some(ns)).await? {
-            if let Some(name) = &cm.metadata.name {
-                self.delete_snapshot(ns, name).await?;
+            if let (Some(name), Some(at)) = (&cm.metadata.name, &cm.metadata.namespace) {
+                let removed = self.delete_snapshot_in(at, name).await;
+                if at == self.snapshot_ns(ns) {
+                    removed?;
+                } else {
+                    tolerate_denied(removed)?;
+                }
             }
         }
         Ok(())

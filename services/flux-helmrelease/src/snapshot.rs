@@ -1,6 +1,7 @@
-//! Revision snapshots: one ConfigMap per (TypeInstance, revision) in the
-//! HelmRelease's namespace, owned by the HelmRelease (ownerReferences with
-//! its uid) so that Kubernetes' garbage collector removes them with it.
+//! Revision snapshots: one ConfigMap per (TypeInstance, revision), in the
+//! backend's snapshot namespace (APP_FLUX_SNAPSHOT_NAMESPACE) or, unset, in
+//! the HelmRelease's namespace owned by the HelmRelease (ownerReferences
+//! with its uid) so that Kubernetes' garbage collector removes them with it.
 //! Layout documented in README.md ("Storage layout").
 
 use std::collections::BTreeMap;
@@ -74,11 +75,21 @@ pub struct Owner<'a> {
     pub api_version: &'a str,
 }
 
-pub fn build(id: &str, revision: u32, owner: &Owner<'_>, value: String) -> ConfigMap {
+/// The snapshot of `id` at `revision`, stored in `namespace`. Owned by the
+/// HelmRelease (garbage-collected with it) only in the release's own
+/// namespace: an ownerReference cannot cross namespaces.
+pub fn build(
+    id: &str,
+    revision: u32,
+    owner: &Owner<'_>,
+    namespace: &str,
+    value: String,
+) -> ConfigMap {
+    let owned = namespace == owner.namespace;
     ConfigMap {
         metadata: ObjectMeta {
             name: Some(name(id, revision)),
-            namespace: Some(owner.namespace.to_owned()),
+            namespace: Some(namespace.to_owned()),
             labels: Some(BTreeMap::from([
                 (ID_LABEL.to_owned(), id_label(id)),
                 (REVISION_LABEL.to_owned(), revision.to_string()),
@@ -91,17 +102,19 @@ pub fn build(id: &str, revision: u32, owner: &Owner<'_>, value: String) -> Confi
                     format!("{}/{}", owner.namespace, owner.name),
                 ),
             ])),
-            owner_references: Some(vec![OwnerReference {
-                api_version: owner.api_version.to_owned(),
-                kind: "HelmRelease".to_owned(),
-                name: owner.name.to_owned(),
-                uid: owner.uid.to_owned(),
-                // blockOwnerDeletion would need update on
-                // helmreleases/finalizers; deleting the release must not wait
-                // for its snapshots anyway.
-                block_owner_deletion: None,
-                controller: None,
-            }]),
+            owner_references: owned.then(|| {
+                vec![OwnerReference {
+                    api_version: owner.api_version.to_owned(),
+                    kind: "HelmRelease".to_owned(),
+                    name: owner.name.to_owned(),
+                    uid: owner.uid.to_owned(),
+                    // blockOwnerDeletion would need update on
+                    // helmreleases/finalizers; deleting the release must not wait
+                    // for its snapshots anyway.
+                    block_owner_deletion: None,
+                    controller: None,
+                }]
+            }),
             ..ObjectMeta::default()
         },
         data: Some(BTreeMap::from([(VALUE_KEY.to_owned(), value)])),
@@ -193,7 +206,7 @@ mod tests {
             uid: "uid-1",
             api_version: "helm.toolkit.fluxcd.io/v2",
         };
-        let cm = build("Ti_1", 3, &owner, "{}".into());
+        let cm = build("Ti_1", 3, &owner, "apps", "{}".into());
         let s = read(&cm);
         assert_eq!(s.id.as_deref(), Some("Ti_1"));
         assert_eq!(s.revision, Some(3));
@@ -203,5 +216,16 @@ mod tests {
         assert_eq!(refs.len(), 1);
         assert_eq!(refs[0].uid, "uid-1");
         assert_eq!(refs[0].kind, "HelmRelease");
+        // In the backend's own namespace: no (invalid) cross-namespace owner.
+        let elsewhere = build("Ti_1", 3, &owner, "capact-system", "{}".into());
+        assert_eq!(
+            elsewhere.metadata.namespace.as_deref(),
+            Some("capact-system")
+        );
+        assert_eq!(elsewhere.metadata.owner_references, None);
+        assert_eq!(
+            read(&elsewhere).release,
+            Some(("apps".into(), "podinfo".into()))
+        );
     }
 }

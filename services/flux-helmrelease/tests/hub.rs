@@ -74,6 +74,7 @@ async fn replica(
         ("APP_HUB_LEASE_DURATION", "3s".to_owned()),
         ("APP_HUB_RESYNC", "1s".to_owned()),
         ("APP_HUB_TIMEOUT", "2s".to_owned()),
+        ("APP_FLUX_SNAPSHOT_NAMESPACE", "capact-system".to_owned()),
     ] {
         env.push((k.to_owned(), v));
     }
@@ -232,7 +233,8 @@ async fn two_replicas_register_each_release_once_and_the_survivor_takes_over() {
     // third process of the same backend that does not watch.
     let service = free_port();
     let backend_id = register_backend(&hub, service, None).await;
-    let env = identity.env();
+    let mut env = identity.env();
+    env.push(("APP_FLUX_SNAPSHOT_NAMESPACE".into(), "capact-system".into()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let _service = BackendProcess::start_on(service, BIN, &["KUBECONFIG"], &env)
         .serving()

@@ -148,7 +148,11 @@ async fn backend_passes_the_context_conformance_subset_under_the_deploy_rbac() {
     create_release(&cluster, &ns, "podinfo", json!({})).await;
     reconcile(&cluster, &ns, "podinfo", "6.5.4", 1, 1).await;
     let identity = deploy_identity(&cluster).await;
-    let backend = start(identity.env(), &[]).await;
+    let backend = start(
+        identity.env(),
+        &[("APP_FLUX_SNAPSHOT_NAMESPACE", "capact-system")],
+    )
+    .await;
     // Every case's TypeInstances track this one release (the tracking
     // annotation holds any number of them).
     let context = json!({"name": "podinfo", "namespace": ns});
@@ -170,15 +174,17 @@ async fn backend_passes_the_context_conformance_subset_under_the_deploy_rbac() {
         !annotations.contains_key(flux_helmrelease::tracking::ANNOTATION),
         "tracking annotation left: {annotations:?}"
     );
-    let left = Api::<ConfigMap>::namespaced(cluster.client().await, &ns)
-        .list(
-            &ListParams::default()
-                .labels("app.kubernetes.io/managed-by=capact-storage-flux-helmrelease"),
-        )
-        .await
-        .expect("list")
-        .items;
-    assert!(left.is_empty(), "{} snapshots left", left.len());
+    for at in [ns.as_str(), "capact-system"] {
+        let left = Api::<ConfigMap>::namespaced(cluster.client().await, at)
+            .list(
+                &ListParams::default()
+                    .labels("app.kubernetes.io/managed-by=capact-storage-flux-helmrelease"),
+            )
+            .await
+            .expect("list")
+            .items;
+        assert!(left.is_empty(), "{} snapshots left in {at}", left.len());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -480,4 +486,108 @@ async fn api_server_down_gives_unavailable_then_recovers_and_registration_matche
         .delete("ti-outage", hub.ctx(), None)
         .await
         .expect("delete");
+}
+
+/// With APP_FLUX_SNAPSHOT_NAMESPACE the backend writes ConfigMaps only in
+/// its own namespace: a Role there, and only HelmRelease verbs where the
+/// releases are. Snapshots written before (in the release's namespace) are
+/// still read where allowed, and are simply absent where not.
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshots_in_the_backends_own_namespace_need_configmaps_only_there() {
+    let cluster = cluster().await;
+    let apps = cluster.create_namespace("apps").await;
+    let own = cluster.create_namespace("own").await;
+    let rbac = format!(
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: flux-backend, namespace: {own}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: releases, namespace: {apps}}}
+rules:
+  - apiGroups: [helm.toolkit.fluxcd.io]
+    resources: [helmreleases]
+    verbs: [get, list, watch, patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: releases, namespace: {apps}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: releases}}
+subjects: [{{kind: ServiceAccount, name: flux-backend, namespace: {own}}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: snapshots, namespace: {own}}}
+rules:
+  - apiGroups: [""]
+    resources: [configmaps]
+    verbs: [get, list, create, update, delete]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: snapshots, namespace: {own}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: snapshots}}
+subjects: [{{kind: ServiceAccount, name: flux-backend, namespace: {own}}}]
+"#
+    );
+    cluster.apply(&rbac, &own).await;
+    let sa = cluster.service_account_identity(&own, "flux-backend").await;
+    create_release(&cluster, &apps, "web", json!({})).await;
+    reconcile(&cluster, &apps, "web", "6.5.4", 1, 1).await;
+
+    // Written before: a legacy backend (no snapshot namespace) made "old".
+    let legacy = start(cluster.env(), &[]).await;
+    let hub = Hub::new(&legacy, &apps, "web").await;
+    hub.create("old").await.expect("legacy create");
+    reconcile(&cluster, &apps, "web", "6.5.5", 2, 2).await;
+    hub.update("old", 2, None).await.expect("legacy update");
+    assert_eq!(snapshots(&cluster, &apps, "old").await.len(), 2);
+    drop(legacy);
+
+    let env = [
+        ("APP_FLUX_NAMESPACES", apps.as_str()),
+        ("APP_FLUX_SNAPSHOT_NAMESPACE", own.as_str()),
+    ];
+    let b = start(sa.env(), &env).await;
+    let hub = Hub::new(&b, &apps, "web").await;
+    hub.create("new")
+        .await
+        .expect("create with configmaps only in own");
+    reconcile(&cluster, &apps, "web", "6.5.6", 3, 3).await;
+    hub.update("new", 2, None).await.expect("update");
+    assert_eq!(snapshots(&cluster, &own, "new").await.len(), 2);
+    assert!(snapshots(&cluster, &apps, "new").await.is_empty());
+    let first = hub
+        .get("new", 1)
+        .await
+        .expect("revision 1 from its snapshot");
+    assert_eq!(first["chart"]["version"], "6.5.5", "{first}");
+    assert_eq!(
+        hub.get("new", 2).await.expect("latest")["chart"]["version"],
+        "6.5.6"
+    );
+    hub.client
+        .delete_revision("new", 1, None, None)
+        .await
+        .expect("delete revision 1");
+    assert_eq!(snapshots(&cluster, &own, "new").await.len(), 1);
+    hub.client
+        .delete("new", hub.ctx(), None)
+        .await
+        .expect("delete");
+    assert!(snapshots(&cluster, &own, "new").await.is_empty());
+
+    // The legacy snapshot of "old" is out of this Role's reach: absent, not
+    // an error. With read access there it is found.
+    assert_eq!(code(hub.get("old", 1).await), Code::NotFound);
+    let admin = start(
+        cluster.env(),
+        &[("APP_FLUX_SNAPSHOT_NAMESPACE", own.as_str())],
+    )
+    .await;
+    let hub = Hub::new(&admin, &apps, "web").await;
+    let old = hub.get("old", 1).await.expect("legacy snapshot still read");
+    assert_eq!(old["chart"]["version"], "6.5.4", "{old}");
 }

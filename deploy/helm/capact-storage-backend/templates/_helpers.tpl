@@ -63,6 +63,13 @@ uses (kept equal to deploy/rbac/<backend>.yaml by tools/deploy-check). */ -}}
 - apiGroups: [helm.toolkit.fluxcd.io]
   resources: [helmreleases]
   verbs: [get, list, watch, patch]
+{{- end -}}
+{{- end -}}
+
+{{/* Rules only in the release's own namespace: flux-helmrelease's
+     snapshots (APP_FLUX_SNAPSHOT_NAMESPACE is that namespace). */}}
+{{- define "csb.ownNamespaceRules" -}}
+{{- if eq .Values.backend "flux-helmrelease" -}}
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, list, create, update, delete]
