@@ -182,6 +182,43 @@ enum Retry {
     WhenUnsent,
 }
 
+/// The [`Instance`]s of a `typeInstances` answer: the two list queries
+/// differ only in whether the latest revision's `spec` carries the value
+/// (`$value`, of the latest revision `$latest`), so their generated types
+/// differ too.
+macro_rules! instances {
+    ($data:expr, $latest:ident => $value:expr) => {
+        $data
+            .type_instances
+            .into_iter()
+            .map(|t| {
+                let latest = t.latest_resource_version;
+                let revision = latest
+                    .as_ref()
+                    .map_or(0, |l| u32::try_from(l.resource_version).unwrap_or(0));
+                let created_by = latest.as_ref().and_then(|l| l.created_by.clone());
+                let (context, value) = match latest {
+                    Some($latest) => ($latest.spec.backend.context.clone(), $value),
+                    None => (None, None),
+                };
+                Instance {
+                    id: t.summary.id,
+                    locked_by: t.summary.locked_by,
+                    type_ref: TypeRef {
+                        path: t.summary.type_ref.path,
+                        revision: t.summary.type_ref.revision,
+                    },
+                    backend_id: t.summary.backend.id,
+                    revision,
+                    created_by,
+                    value,
+                    context,
+                }
+            })
+            .collect()
+    };
+}
+
 /// A connection to one Hub.
 #[derive(Clone)]
 pub struct Hub {
@@ -293,28 +330,7 @@ impl Hub {
         let data = self
             .call::<ops::ListWithValue>("typeInstances", vars, Retry::Always)
             .await?;
-        Ok(data
-            .type_instances
-            .into_iter()
-            .map(|t| {
-                let latest = t.latest_resource_version;
-                Instance {
-                    id: t.summary.id,
-                    locked_by: t.summary.locked_by,
-                    type_ref: TypeRef {
-                        path: t.summary.type_ref.path,
-                        revision: t.summary.type_ref.revision,
-                    },
-                    backend_id: t.summary.backend.id,
-                    revision: latest
-                        .as_ref()
-                        .map_or(0, |l| u32::try_from(l.resource_version).unwrap_or(0)),
-                    created_by: latest.as_ref().and_then(|l| l.created_by.clone()),
-                    context: latest.as_ref().and_then(|l| l.spec.backend.context.clone()),
-                    value: latest.map(|l| l.spec.value),
-                }
-            })
-            .collect())
+        Ok(instances!(data, latest => Some(latest.spec.value)))
     }
 
     /// As [`Hub::list_with_values`] without the values: the Hub does not
@@ -328,28 +344,7 @@ impl Hub {
         let data = self
             .call::<ops::ListWithContext>("typeInstances", vars, Retry::Always)
             .await?;
-        Ok(data
-            .type_instances
-            .into_iter()
-            .map(|t| {
-                let latest = t.latest_resource_version;
-                Instance {
-                    id: t.summary.id,
-                    locked_by: t.summary.locked_by,
-                    type_ref: TypeRef {
-                        path: t.summary.type_ref.path,
-                        revision: t.summary.type_ref.revision,
-                    },
-                    backend_id: t.summary.backend.id,
-                    revision: latest
-                        .as_ref()
-                        .map_or(0, |l| u32::try_from(l.resource_version).unwrap_or(0)),
-                    created_by: latest.as_ref().and_then(|l| l.created_by.clone()),
-                    context: latest.and_then(|l| l.spec.backend.context),
-                    value: None,
-                }
-            })
-            .collect())
+        Ok(instances!(data, _latest => None))
     }
 
     /// The lock holder of `id`: `None` when the Hub does not know it,

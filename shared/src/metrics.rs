@@ -93,7 +93,7 @@ pub fn revisions_pruned(n: u64) {
 pub fn observe_request(method: &'static str, code: tonic::Code, elapsed: Duration) {
     let m = &*METRICS;
     m.requests
-        .with_label_values(&[method, code_name(code)])
+        .with_label_values(&[method, crate::error::code_name(code)])
         .inc();
     m.request_seconds
         .with_label_values(&[method])
@@ -111,7 +111,7 @@ pub async fn store_call<T>(
     let m = &*METRICS;
     let outcome = match &result {
         Ok(_) => "ok",
-        Err(e) => code_name(e.code()),
+        Err(e) => crate::error::code_name(e.code()),
     };
     m.store_calls.with_label_values(&[operation, outcome]).inc();
     m.store_seconds
@@ -131,29 +131,6 @@ pub fn render() -> String {
     let mut buf = Vec::new();
     let _ = TextEncoder::new().encode(&METRICS.registry.gather(), &mut buf);
     String::from_utf8(buf).unwrap_or_default()
-}
-
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code as C;
-    match code {
-        C::Ok => "OK",
-        C::Cancelled => "CANCELLED",
-        C::Unknown => "UNKNOWN",
-        C::InvalidArgument => "INVALID_ARGUMENT",
-        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        C::NotFound => "NOT_FOUND",
-        C::AlreadyExists => "ALREADY_EXISTS",
-        C::PermissionDenied => "PERMISSION_DENIED",
-        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        C::FailedPrecondition => "FAILED_PRECONDITION",
-        C::Aborted => "ABORTED",
-        C::OutOfRange => "OUT_OF_RANGE",
-        C::Unimplemented => "UNIMPLEMENTED",
-        C::Internal => "INTERNAL",
-        C::Unavailable => "UNAVAILABLE",
-        C::DataLoss => "DATA_LOSS",
-        C::Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` resolves.

@@ -12,7 +12,7 @@ use aws_sdk_secretsmanager::{
 };
 use shared::{
     Describe, Error, Result, TypeInstanceId, Value,
-    engine::{Head, HeadRemoval, HeadStore, Intent, MANAGED_BY, Slot, Stored, head, rules},
+    engine::{self, Head, HeadRemoval, HeadStore, Intent, MANAGED_BY, Slot, Stored, head, rules},
     metrics::store_call,
 };
 
@@ -547,21 +547,8 @@ impl HeadStore for SecretsStore {
     /// One listing of the prefix, then a read per head (admin only).
     async fn list_heads(&self) -> Result<Vec<(TypeInstanceId, Head)>> {
         let root = format!("{}/", self.prefix);
-        let mut out = Vec::new();
-        for name in self.secrets.list_names(&root).await? {
-            let Some(id) = name
-                .strip_prefix(&root)
-                .and_then(|k| k.strip_suffix("/head"))
-                .filter(|id| !id.contains('/'))
-                .and_then(|id| TypeInstanceId::parse(id).ok())
-            else {
-                continue;
-            };
-            if let Ok(Some((head, _))) = self.read_head(&id).await {
-                out.push((id, head));
-            }
-        }
-        Ok(out)
+        let names = self.secrets.list_names(&root).await?;
+        Ok(engine::heads_at_keys(self, &root, names).await)
     }
 
     async fn read_head(&self, id: &TypeInstanceId) -> Result<Option<(Head, String)>> {
@@ -741,16 +728,7 @@ impl HeadStore for SecretsStore {
         life: &str,
         rev: u32,
     ) -> Result<Option<u32>> {
-        for r in (1..rev).rev() {
-            if self
-                .read_revision(Slot { id, life, rev: r })
-                .await?
-                .is_some()
-            {
-                return Ok(Some(r));
-            }
-        }
-        Ok(None)
+        engine::highest_below_by_reading(self, id, life, rev).await
     }
 }
 

@@ -18,7 +18,7 @@ use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 use shared::{
     Describe, Error, Result, TypeInstanceId, Value,
-    engine::{Head, HeadRemoval, HeadStore, Intent, Slot, Stored},
+    engine::{self, Head, HeadRemoval, HeadStore, Intent, Slot, Stored},
     metrics::store_call,
 };
 use shared_kube::Call;
@@ -616,15 +616,7 @@ impl HeadStore for SecretStore {
         life: &str,
         rev: u32,
     ) -> Result<Option<u32>> {
-        for r in (1..rev).rev() {
-            let at = Slot { id, life, rev: r };
-            if let Some(s) = self.secrets.get(&self.revision_name(&at)).await?
-                && Self::is_revision_of(&s, id, life)
-            {
-                return Ok(Some(r));
-            }
-        }
-        Ok(None)
+        engine::highest_below_by_reading(self, id, life, rev).await
     }
 
     /// The app Secret follows the latest revision. `None` (the TypeInstance

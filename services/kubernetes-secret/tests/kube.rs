@@ -166,11 +166,7 @@ async fn conformance_with_only_the_deploy_role(cluster: &Cluster) {
 async fn missing_verb_is_permission_denied_naming_it(cluster: &Cluster) {
     let ns = cluster.create_namespace("noupdate").await;
     let sa = cluster
-        .identity(
-            &ns,
-            "no-update",
-            secret_rules(&["get", "create", "delete"]),
-        )
+        .identity(&ns, "no-update", secret_rules(&["get", "create", "delete"]))
         .await;
     let b = backend(sa.env()).await;
     // A create commits by updating the head: refused, and nothing visible.

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use serde_json::Value as Json;
 use shared::{
     Describe, Error, ErrorKind, Result, TypeInstanceId, Value,
-    engine::{Head, HeadStore, Slot, Stored, head},
+    engine::{self, Head, HeadStore, Slot, Stored, head},
     metrics::store_call,
 };
 
@@ -491,23 +491,8 @@ impl HeadStore for S3Store {
         } else {
             format!("{}/", self.prefix)
         };
-        let mut out = Vec::new();
-        for key in self.bucket.list(&root).await? {
-            let Some(id) = key
-                .strip_prefix(&root)
-                .and_then(|k| k.strip_suffix("/head"))
-                .filter(|id| !id.contains('/'))
-                .and_then(|id| TypeInstanceId::parse(id).ok())
-            else {
-                continue;
-            };
-            // A head that is not ours is skipped, not an error: the
-            // listing covers the whole prefix.
-            if let Ok(Some((head, _))) = self.read_head(&id).await {
-                out.push((id, head));
-            }
-        }
-        Ok(out)
+        let keys = self.bucket.list(&root).await?;
+        Ok(engine::heads_at_keys(self, &root, keys).await)
     }
 
     async fn read_head(&self, id: &TypeInstanceId) -> Result<Option<(Head, String)>> {

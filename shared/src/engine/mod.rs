@@ -168,6 +168,52 @@ pub trait HeadStore: Send + Sync + 'static {
     }
 }
 
+/// [`HeadStore::highest_below`] for stores that address revisions by name
+/// and would rather not list: reads downwards from `rev - 1`, one read
+/// unless the revisions just below were removed too.
+pub async fn highest_below_by_reading<S: HeadStore + ?Sized>(
+    store: &S,
+    id: &TypeInstanceId,
+    life: &str,
+    rev: u32,
+) -> Result<Option<u32>> {
+    for r in (1..rev).rev() {
+        if store
+            .read_revision(Slot { id, life, rev: r })
+            .await?
+            .is_some()
+        {
+            return Ok(Some(r));
+        }
+    }
+    Ok(None)
+}
+
+/// [`HeadStore::list_heads`] for stores keyed `<root><id>/head`: the heads
+/// among `keys`, each read; other keys and records that are not ours are
+/// skipped (the listing covers everything under `root`).
+pub async fn heads_at_keys<S: HeadStore + ?Sized>(
+    store: &S,
+    root: &str,
+    keys: impl IntoIterator<Item = String>,
+) -> Vec<(TypeInstanceId, Head)> {
+    let mut out = Vec::new();
+    for key in keys {
+        let Some(id) = key
+            .strip_prefix(root)
+            .and_then(|k| k.strip_suffix("/head"))
+            .filter(|id| !id.contains('/'))
+            .and_then(|id| TypeInstanceId::parse(id).ok())
+        else {
+            continue;
+        };
+        if let Ok(Some((head, _))) = store.read_head(&id).await {
+            out.push((id, head));
+        }
+    }
+    out
+}
+
 /// One store behind several engines (tests: two "processes" on one store).
 #[async_trait]
 impl<S: HeadStore> HeadStore for Arc<S> {

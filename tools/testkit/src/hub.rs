@@ -1049,7 +1049,7 @@ impl JsError {
     fn grpc(path: &str, code: Code, details: &str) -> Self {
         Self {
             name: "ClientError",
-            message: format!("{path} {}: {details}", code_name(code)),
+            message: format!("{path} {}: {details}", shared::error::code_name(code)),
             grpc_code: Some(code),
         }
     }
@@ -1067,28 +1067,6 @@ fn aggregate(errors: &[JsError]) -> String {
     };
     let items: Vec<String> = errors.iter().map(JsError::full).collect();
     format!("{header}{}", items.join("\n\t* "))
-}
-
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 /// A TypeInstance changed between the checks and the commit (only a
