@@ -581,6 +581,24 @@ impl HeadStore for VaultStore {
         }
     }
 
+    /// One LIST of the prefix (a folder per TypeInstance), then a read per
+    /// head (admin only); what is not ours is skipped.
+    async fn list_heads(&self) -> Result<Vec<(TypeInstanceId, Head)>> {
+        let mut out = Vec::new();
+        for key in self.list(&self.prefix).await? {
+            let Some(id) = key
+                .strip_suffix('/')
+                .and_then(|id| TypeInstanceId::parse(id).ok())
+            else {
+                continue;
+            };
+            if let Ok(Some((head, _))) = self.read_head(&id).await {
+                out.push((id, head));
+            }
+        }
+        Ok(out)
+    }
+
     async fn read_head(&self, id: &TypeInstanceId) -> Result<Option<(Head, String)>> {
         let path = head_path(&self.prefix, id);
         let Some(read) = self.read(&path).await? else {

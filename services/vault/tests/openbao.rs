@@ -592,6 +592,25 @@ async fn legacy_layout_written_by_the_previous_version_is_still_served() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn retention_keeps_the_newest_revisions() {
+    let bao = Bao::start();
+    let mut env = root_env(&bao);
+    env.push(("APP_MAX_REVISIONS", "3".to_owned()));
+    let backend = start_backend(&env).serving().await;
+    testkit::assert_retention(&backend.url, 3, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_lists_locks_and_force_unlocks_by_compare_and_set() {
+    let bao = Bao::start();
+    let admin = format!("127.0.0.1:{}", testkit::free_port());
+    let mut env = root_env(&bao);
+    env.push(("APP_ADMIN_ADDR", admin.clone()));
+    let backend = start_backend(&env).serving().await;
+    testkit::assert_admin(&backend.url, &format!("http://{admin}"), None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn two_backends_racing_on_one_openbao_never_violate_the_fence() {
     let bao = Bao::start();
     let a = start_backend(&root_env(&bao)).serving().await;
