@@ -24,8 +24,9 @@ use shared::{
 };
 
 use crate::{
+    datadir::DataDirLock,
     sops::{self, CodecError, SecretTarget},
-    store::{Change, Edit, GitStore, Snapshot},
+    store::{Abandoned, Change, Edit, GitStore, Snapshot},
 };
 
 const SUFFIX: &str = ".sops.yaml";
@@ -49,6 +50,8 @@ struct Core {
     prefix: String,
     /// Directory of the Flux Secret manifests (outside `prefix`); None: off.
     flux_dir: Option<String>,
+    /// Held for the process lifetime: the clone is ours alone.
+    _data_dir: DataDirLock,
 }
 
 /// The published context schema: where to render the Flux Secret.
@@ -92,7 +95,13 @@ fn secret_target(ctx: &Context) -> Result<Option<SecretTarget>> {
 }
 
 impl SopsGit {
-    pub fn new(store: GitStore, keys: Keys, prefix: &str, flux_dir: Option<&str>) -> Self {
+    pub fn new(
+        store: GitStore,
+        keys: Keys,
+        prefix: &str,
+        flux_dir: Option<&str>,
+        data_dir: DataDirLock,
+    ) -> Self {
         let prefix = prefix.trim_matches('/').to_owned();
         let flux_dir = flux_dir
             .map(|d| d.trim_matches('/').to_owned())
@@ -103,23 +112,41 @@ impl SopsGit {
                 keys,
                 prefix,
                 flux_dir,
+                _data_dir: data_dir,
             }),
         }
     }
 
-    /// Runs blocking Git work off the async executor, recorded as a store call.
+    /// Runs blocking Git work off the async executor, recorded as a store
+    /// call. The blocking work cannot be cancelled, so it is told when this
+    /// future is dropped (the request's deadline passed or the caller left)
+    /// and stops before its commit point.
     async fn run<T: Send + 'static>(
         &self,
         operation: &'static str,
-        f: impl FnOnce(&Core) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&Core, &Abandoned) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let core = Arc::clone(&self.core);
-        store_call(operation, async move {
-            tokio::task::spawn_blocking(move || f(&core))
+        let abandoned = Abandoned::default();
+        let on_drop = AbandonOnDrop(abandoned.clone());
+        let result = store_call(operation, async move {
+            tokio::task::spawn_blocking(move || f(&core, &abandoned))
                 .await
                 .map_err(|e| Error::internal("git worker task failed").with_source(e))?
         })
-        .await
+        .await;
+        drop(on_drop);
+        result
+    }
+}
+
+/// Marks the call abandoned when dropped; after the work finished, that
+/// changes nothing.
+struct AbandonOnDrop(Abandoned);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.set();
     }
 }
 
@@ -283,8 +310,8 @@ impl Core {
         ]
     }
 
-    fn get(&self, id: &TypeInstanceId, rev: Revision) -> Result<Vec<u8>> {
-        self.store.read(|snap| {
+    fn get(&self, ab: &Abandoned, id: &TypeInstanceId, rev: Revision) -> Result<Vec<u8>> {
+        self.store.read(ab, |snap| {
             // Straight to the revision's path: no listing, no history.
             match self.value(snap, id, rev.get())? {
                 Some(v) => Ok(v),
@@ -295,6 +322,7 @@ impl Core {
 
     fn create(
         &self,
+        ab: &Abandoned,
         id: &TypeInstanceId,
         value: &[u8],
         secret: Option<&SecretTarget>,
@@ -302,7 +330,7 @@ impl Core {
         // Encrypt once, outside the retry loop: a retry re-checks the
         // contract but writes the same document.
         let doc = self.encrypt(value)?;
-        self.store.write(|snap| match self.state(snap, id) {
+        self.store.write(ab, |snap| match self.state(snap, id) {
             Ok(state) => {
                 let first = match state.revisions.as_slice() {
                     [1] => self.value(snap, id, 1)?,
@@ -330,6 +358,7 @@ impl Core {
 
     fn update(
         &self,
+        ab: &Abandoned,
         id: &TypeInstanceId,
         rev: Revision,
         value: &[u8],
@@ -338,7 +367,7 @@ impl Core {
     ) -> Result<()> {
         let doc = self.encrypt(value)?;
         let r = rev.get();
-        self.store.write(|snap| {
+        self.store.write(ab, |snap| {
             let state = self.state(snap, id)?;
             let stored = if state.revisions.contains(&r) {
                 self.value(snap, id, r)?
@@ -366,8 +395,8 @@ impl Core {
         })
     }
 
-    fn delete(&self, id: &TypeInstanceId, owner: Option<&Owner>) -> Result<()> {
-        self.store.write(|snap| {
+    fn delete(&self, ab: &Abandoned, id: &TypeInstanceId, owner: Option<&Owner>) -> Result<()> {
+        self.store.write(ab, |snap| {
             let state = self.state(snap, id)?;
             Self::check_owner(id, &state, owner)?;
             Ok(Some(Edit {
@@ -384,12 +413,13 @@ impl Core {
 
     fn delete_revision(
         &self,
+        ab: &Abandoned,
         id: &TypeInstanceId,
         rev: Revision,
         owner: Option<&Owner>,
     ) -> Result<()> {
         let r = rev.get();
-        self.store.write(|snap| {
+        self.store.write(ab, |snap| {
             let state = self.state(snap, id)?;
             Self::check_owner(id, &state, owner)?;
             if !state.revisions.contains(&r) {
@@ -438,12 +468,12 @@ impl Core {
         })
     }
 
-    fn locked_by(&self, id: &TypeInstanceId) -> Result<Option<String>> {
-        self.store.read(|snap| Ok(self.state(snap, id)?.lock))
+    fn locked_by(&self, ab: &Abandoned, id: &TypeInstanceId) -> Result<Option<String>> {
+        self.store.read(ab, |snap| Ok(self.state(snap, id)?.lock))
     }
 
-    fn lock(&self, id: &TypeInstanceId, owner: &Owner) -> Result<()> {
-        self.store.write(|snap| {
+    fn lock(&self, ab: &Abandoned, id: &TypeInstanceId, owner: &Owner) -> Result<()> {
+        self.store.write(ab, |snap| {
             let state = self.state(snap, id)?;
             match rules::lock_step(id, state.lock.as_deref(), owner)? {
                 rules::LockStep::Held => Ok(None),
@@ -461,8 +491,8 @@ impl Core {
         })
     }
 
-    fn unlock(&self, id: &TypeInstanceId) -> Result<()> {
-        self.store.write(|snap| {
+    fn unlock(&self, ab: &Abandoned, id: &TypeInstanceId) -> Result<()> {
+        self.store.write(ab, |snap| {
             let state = self.state(snap, id)?;
             if state.lock.is_none() {
                 return Ok(None);
@@ -479,8 +509,10 @@ impl Core {
         })
     }
 
-    /// The remote answers and our identity opens what we encrypt.
+    /// The clone (and a local remote) can be written, the remote answers,
+    /// and our identity opens what we encrypt.
     fn probe(&self) -> Result<()> {
+        self.store.check_writable()?;
         self.store.ping()?;
         let doc = self.encrypt(b"probe")?;
         let doc = String::from_utf8(doc).map_err(|_| Error::internal("probe document"))?;
@@ -516,18 +548,22 @@ impl Backend for SopsGit {
     }
 
     async fn probe(&self) -> Result<()> {
-        self.run("probe", |c| c.probe()).await
+        self.run("probe", |c, _| c.probe()).await
     }
 
     async fn get_value(&self, id: &TypeInstanceId, rev: Revision, _: &Context) -> Result<Value> {
         let id = id.clone();
-        self.run("get_value", move |c| c.get(&id, rev).map(Value::from))
-            .await
+        self.run("get_value", move |c, ab| {
+            c.get(ab, &id, rev).map(Value::from)
+        })
+        .await
     }
 
     async fn get_locked_by(&self, id: &TypeInstanceId, _: &Context) -> Result<Option<Owner>> {
         let id = id.clone();
-        let holder = self.run("get_locked_by", move |c| c.locked_by(&id)).await?;
+        let holder = self
+            .run("get_locked_by", move |c, ab| c.locked_by(ab, &id))
+            .await?;
         // A lock file edited by hand may hold anything; expose it only if it
         // is a valid owner name.
         Ok(holder.and_then(|h| Owner::parse(&h).ok()))
@@ -535,12 +571,12 @@ impl Backend for SopsGit {
 
     async fn lock(&self, id: &TypeInstanceId, _: &Context, owner: &Owner) -> Result<()> {
         let (id, owner) = (id.clone(), owner.clone());
-        self.run("lock", move |c| c.lock(&id, &owner)).await
+        self.run("lock", move |c, ab| c.lock(ab, &id, &owner)).await
     }
 
     async fn unlock(&self, id: &TypeInstanceId, _: &Context) -> Result<()> {
         let id = id.clone();
-        self.run("unlock", move |c| c.unlock(&id)).await
+        self.run("unlock", move |c, ab| c.unlock(ab, &id)).await
     }
 }
 
@@ -554,8 +590,8 @@ impl ValueBackend for SopsGit {
     ) -> Result<Option<Json>> {
         let id = id.clone();
         let secret = secret_target(ctx)?;
-        self.run("create", move |c| {
-            c.create(&id, value.as_bytes(), secret.as_ref())
+        self.run("create", move |c, ab| {
+            c.create(ab, &id, value.as_bytes(), secret.as_ref())
         })
         .await?;
         Ok(None)
@@ -571,8 +607,15 @@ impl ValueBackend for SopsGit {
     ) -> Result<Option<Json>> {
         let (id, owner) = (id.clone(), owner.cloned());
         let secret = secret_target(ctx)?;
-        self.run("update", move |c| {
-            c.update(&id, rev, value.as_bytes(), owner.as_ref(), secret.as_ref())
+        self.run("update", move |c, ab| {
+            c.update(
+                ab,
+                &id,
+                rev,
+                value.as_bytes(),
+                owner.as_ref(),
+                secret.as_ref(),
+            )
         })
         .await?;
         Ok(None)
@@ -580,7 +623,7 @@ impl ValueBackend for SopsGit {
 
     async fn delete(&self, id: &TypeInstanceId, _: &Context, owner: Option<&Owner>) -> Result<()> {
         let (id, owner) = (id.clone(), owner.cloned());
-        self.run("delete", move |c| c.delete(&id, owner.as_ref()))
+        self.run("delete", move |c, ab| c.delete(ab, &id, owner.as_ref()))
             .await
     }
 
@@ -592,8 +635,8 @@ impl ValueBackend for SopsGit {
         owner: Option<&Owner>,
     ) -> Result<()> {
         let (id, owner) = (id.clone(), owner.cloned());
-        self.run("delete_revision", move |c| {
-            c.delete_revision(&id, rev, owner.as_ref())
+        self.run("delete_revision", move |c, ab| {
+            c.delete_revision(ab, &id, rev, owner.as_ref())
         })
         .await
     }

@@ -7,6 +7,8 @@ use shared::{Error, Result, Secret, config::ServerConfig, server::BackendConfig}
 
 use crate::{
     backend::{Keys, SopsGit},
+    crash,
+    datadir::DataDirLock,
     sops,
     store::{self, Auth, GitStore, StoreOptions},
 };
@@ -59,6 +61,18 @@ pub struct Config {
     /// this; `0s` makes writes of other processes visible at once.
     #[arg(long, env = "APP_GIT_READ_FETCH_INTERVAL", default_value = "0s", value_parser = humantime::parse_duration)]
     pub git_read_fetch_interval: Duration,
+
+    /// Time limit of connecting to the git remote (git://, http(s)://,
+    /// ssh://); an unreachable remote fails the call with UNAVAILABLE.
+    #[arg(long, env = "APP_GIT_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub git_connect_timeout: Duration,
+
+    /// Time limit of each read from and write to the git remote's
+    /// connection: a remote that stops answering fails the call with
+    /// UNAVAILABLE after this instead of holding every later write. Keep it
+    /// below APP_STORE_DEADLINE.
+    #[arg(long, env = "APP_GIT_IO_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub git_io_timeout: Duration,
 
     /// User name for http(s) remotes (and ssh ones whose URL names none).
     #[arg(long, env = "APP_GIT_USERNAME")]
@@ -121,7 +135,9 @@ fn startup(message: String) -> Error {
     Error::invalid_argument(message)
 }
 
-/// Loads or creates the key, opens the clone and builds the backend. Blocking.
+/// Locks the data directory, recovers what a killed predecessor left,
+/// loads or creates the key, opens the clone and builds the backend.
+/// Blocking.
 pub fn build(config: Config) -> Result<SopsGit> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         startup(format!(
@@ -131,27 +147,51 @@ pub fn build(config: Config) -> Result<SopsGit> {
     })?;
     let data_dir = std::fs::canonicalize(&config.data_dir)
         .map_err(|e| startup(format!("APP_DATA_DIR: {e}")))?;
+    // First: everything below may clear what another process is writing,
+    // which the lock rules out.
+    let data_dir_lock = DataDirLock::acquire(&data_dir)?;
+    crash::arm().map_err(startup)?;
+    // A key generation killed before its rename leaves a secret behind.
+    let _ = std::fs::remove_file(data_dir.join(KEY_TEMP));
+    // libgit2's options are process-wide: set before any remote is used.
+    set_git_timeouts(&config)?;
 
     let keys = load_keys(&config, &data_dir)?;
 
-    let remote_url = match &config.git_remote {
-        Some(url) if !url.is_empty() => url.clone(),
+    let (remote_url, owned_remote) = match &config.git_remote {
+        Some(url) if !url.is_empty() => {
+            // Our default remote named explicitly is as much ours as the
+            // clone (no other process may use the directory). Any other
+            // path may be shared, even one below the data directory (a
+            // nested data directory of another process).
+            let owned = store::local_path(url)
+                .and_then(|p| std::fs::canonicalize(p).ok())
+                .is_some_and(|p| p == data_dir.join("remote.git"));
+            (url.clone(), owned)
+        }
         _ => {
             let dir = data_dir.join("remote.git");
-            store::ensure_bare_repo(&dir)?;
             tracing::info!(path = %dir.display(), "no APP_GIT_REMOTE: using a local bare repository");
-            format!("file://{}", dir.display())
+            (format!("file://{}", dir.display()), true)
         }
     };
+    if owned_remote && let Some(dir) = store::local_path(&remote_url) {
+        // Creates it on first start, after clearing what a kill during an
+        // earlier first start (or any write) left.
+        store::recover_owned_remote(&dir, &config.git_branch)?;
+    }
+    let clone_dir = data_dir.join("clone.git");
+    store::recover_clone(&clone_dir)?;
     let auth = load_auth(&config)?;
     let store = GitStore::open(StoreOptions {
         remote_url,
         branch: config.git_branch.clone(),
-        clone_dir: data_dir.join("clone.git"),
+        clone_dir,
         author_name: config.git_author_name.clone(),
         author_email: config.git_author_email.clone(),
         read_fetch_interval: config.git_read_fetch_interval,
         auth,
+        owned_remote,
     })?;
     let flux_dir = flux_dir(&config.git_prefix, &config.git_flux_dir)?;
     store.check_access()?;
@@ -160,7 +200,40 @@ pub fn build(config: Config) -> Result<SopsGit> {
         keys,
         &config.git_prefix,
         flux_dir.as_deref(),
+        data_dir_lock,
     ))
+}
+
+/// libgit2 waits forever on a remote that accepts a connection and never
+/// answers, holding the writer lock; these bound every connect, read and
+/// write of its socket (and libssh2's session).
+fn set_git_timeouts(config: &Config) -> Result<()> {
+    let millis = |name: &str, d: Duration| {
+        i32::try_from(d.as_millis())
+            .ok()
+            .filter(|ms| *ms > 0)
+            .ok_or_else(|| {
+                startup(format!(
+                    "{name} must be between 1ms and 24 days (libgit2 has no timeout without it)"
+                ))
+            })
+    };
+    let connect = millis("APP_GIT_CONNECT_TIMEOUT", config.git_connect_timeout)?;
+    let io = millis("APP_GIT_IO_TIMEOUT", config.git_io_timeout)?;
+    if config.git_io_timeout >= config.server.store_deadline {
+        tracing::warn!(
+            "APP_GIT_IO_TIMEOUT is not below APP_STORE_DEADLINE: a silent remote keeps the writer busy after its callers were answered"
+        );
+    }
+    // SAFETY: libgit2 global options, set once at startup before any other
+    // libgit2 call of this process can run concurrently. Both are set:
+    // libgit2 makes the socket non-blocking for a connect timeout and then
+    // relies on the I/O timeout to wait for data.
+    unsafe {
+        git2::opts::set_server_connect_timeout_in_milliseconds(connect)
+            .and_then(|()| git2::opts::set_server_timeout_in_milliseconds(io))
+    }
+    .map_err(|e| startup(format!("setting the git timeouts failed: {e}")))
 }
 
 /// The Flux manifests must not sit where TypeInstance directories do (a
@@ -288,7 +361,12 @@ fn load_keys(config: &Config, data_dir: &std::path::Path) -> Result<Keys> {
     })
 }
 
+/// Where a generated key is written before it is renamed into place.
+const KEY_TEMP: &str = ".age.key.tmp";
+
 /// Writes a new key in age-keygen's format, readable by the owner only.
+/// Written aside and renamed: a kill mid-way must not leave an empty key
+/// file that every later start would refuse.
 fn generate_key(path: &std::path::Path) -> Result<()> {
     use age::secrecy::ExposeSecret;
     use std::io::Write;
@@ -298,22 +376,25 @@ fn generate_key(path: &std::path::Path) -> Result<()> {
         identity.to_public(),
         identity.to_string().expose_secret()
     );
+    let temp = path.with_file_name(KEY_TEMP);
+    let _ = std::fs::remove_file(&temp);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).map_err(|e| {
-        startup(format!(
-            "cannot create the age key file {}: {e}",
-            path.display()
-        ))
-    })?;
-    file.write_all(text.as_bytes()).map_err(|e| {
-        startup(format!(
-            "cannot write the age key file {}: {e}",
-            path.display()
-        ))
-    })
+    let written = options.open(&temp).and_then(|mut file| {
+        file.write_all(text.as_bytes())?;
+        file.sync_all()
+    });
+    written
+        .and_then(|()| std::fs::rename(&temp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&temp);
+            startup(format!(
+                "cannot write the age key file {}: {e}",
+                path.display()
+            ))
+        })
 }
 
 #[cfg(test)]

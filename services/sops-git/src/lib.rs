@@ -4,5 +4,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod crash;
+pub mod datadir;
 pub mod sops;
 pub mod store;

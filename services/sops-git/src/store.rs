@@ -14,8 +14,11 @@
 use std::{
     cell::Cell,
     path::{Path, PathBuf},
-    sync::Mutex,
-    time::{Duration, Instant},
+    sync::{
+        Arc, Mutex, TryLockError,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
 };
 
 use aes_gcm::aead::{OsRng, rand_core::RngCore};
@@ -23,14 +26,29 @@ use base64::Engine;
 use git2::{
     CertificateCheckStatus, Commit, Cred, CredentialType, Direction, ErrorClass, ErrorCode,
     FetchOptions, Index, IndexEntry, IndexTime, Oid, PushOptions, RemoteCallbacks, Repository,
-    Signature, Tree, cert::Cert,
+    Signature, Tree, TreeWalkMode, TreeWalkResult, cert::Cert,
 };
 use shared::{Error, Result, Secret};
+
+use crate::{
+    crash,
+    datadir::{self, Sweep},
+};
 
 const REMOTE: &str = "origin";
 
 /// Attempts of one write before ABORTED: each lost race costs one fetch.
 const MAX_ATTEMPTS: u32 = 10;
+
+/// Retries of a git operation that found a lock file in our own clone (or
+/// in a remote we own), each after removing the stale lock files.
+const LOCK_RETRIES: u32 = 3;
+
+/// A lock file on a branch of a remote we do not own that is older than
+/// this was left by a killed writer (git holds a ref lock for
+/// milliseconds): writes answer UNAVAILABLE and health NOT_SERVING until
+/// its owner removes it, instead of ABORTED as for a live competitor.
+const STALE_REMOTE_LOCK: Duration = Duration::from_secs(30);
 
 /// Where and as whom to commit.
 #[derive(Clone, Debug)]
@@ -46,6 +64,36 @@ pub struct StoreOptions {
     pub read_fetch_interval: Duration,
     /// Credentials and host verification for http(s):// and ssh:// remotes.
     pub auth: Auth,
+    /// The remote is a repository on the local file system inside our
+    /// (locked) data directory: no other process writes it, so its stale
+    /// lock files are ours to clear.
+    pub owned_remote: bool,
+}
+
+/// Set once the caller of a store call stopped waiting (its deadline passed
+/// or it went away). Work not yet committed is then skipped: an abandoned
+/// write never lands after its caller was answered, and calls queued behind
+/// a stuck remote do not each wait for it again once their callers are gone.
+#[derive(Clone, Debug, Default)]
+pub struct Abandoned(Arc<AtomicBool>);
+
+impl Abandoned {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.is_set() {
+            return Err(Error::unavailable(
+                "the call ended before the git store was reached",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// How we prove who we are to the remote, and how we check who it is.
@@ -152,26 +200,19 @@ struct Inner {
 }
 
 impl GitStore {
-    /// Opens the local clone (creating it on first start) and points its
-    /// `origin` at the configured remote. Blocking.
+    /// Opens the local clone (creating it on first start, rebuilding it
+    /// when it is not usable) and points its `origin` at the configured
+    /// remote. Blocking.
     pub fn open(opts: StoreOptions) -> Result<Self> {
-        let repo = match Repository::open_bare(&opts.clone_dir) {
-            Ok(r) => r,
-            Err(_) => {
-                std::fs::create_dir_all(&opts.clone_dir).map_err(|e| {
-                    Error::internal("cannot create the local clone directory").with_source(e)
-                })?;
-                Repository::init_bare(&opts.clone_dir)
-                    .map_err(|e| internal("creating the local clone", e))?
-            }
-        };
+        let tracking = format!("refs/remotes/{REMOTE}/{}", opts.branch);
+        let repo = open_or_rebuild(&opts.clone_dir, &tracking)?;
+        let dir = opts.clone_dir.as_path();
         match repo.find_remote(REMOTE) {
             Ok(r) if r.url().ok() == Some(opts.remote_url.as_str()) => {}
-            Ok(_) => repo
-                .remote_set_url(REMOTE, &opts.remote_url)
+            Ok(_) => retry_locked(dir, || repo.remote_set_url(REMOTE, &opts.remote_url))
                 .map_err(|e| internal("setting the remote url", e))?,
             Err(_) => {
-                repo.remote(REMOTE, &opts.remote_url)
+                retry_locked(dir, || repo.remote(REMOTE, &opts.remote_url).map(|_| ()))
                     .map_err(|e| internal("adding the remote", e))?;
             }
         }
@@ -201,7 +242,13 @@ impl GitStore {
     /// Fetches the branch; a missing branch (empty remote) is fine.
     fn fetch(&self, inner: &mut Inner) -> Result<()> {
         if let Some(path) = local_path(&self.opts.remote_url) {
-            fetch_local(&inner.repo, &path, &self.opts.branch, &self.tracking_ref())?;
+            fetch_local(
+                &inner.repo,
+                &self.opts.clone_dir,
+                &path,
+                &self.opts.branch,
+                &self.tracking_ref(),
+            )?;
             self.fetched();
             return Ok(());
         }
@@ -210,12 +257,15 @@ impl GitStore {
             .find_remote(REMOTE)
             .map_err(|e| internal("finding the remote", e))?;
         let spec = format!("+refs/heads/{0}:{1}", self.opts.branch, self.tracking_ref());
-        let mut fo = FetchOptions::new();
-        fo.prune(git2::FetchPrune::On);
-        fo.remote_callbacks(self.callbacks());
-        remote
-            .fetch(&[spec.as_str()], Some(&mut fo), None)
-            .map_err(|e| remote_error("fetch", e))?;
+        // Updating the tracking ref (and FETCH_HEAD) takes lock files in
+        // the clone: a stale one is cleared and the fetch repeated.
+        retry_locked(&self.opts.clone_dir, || {
+            let mut fo = FetchOptions::new();
+            fo.prune(git2::FetchPrune::On);
+            fo.remote_callbacks(self.callbacks());
+            remote.fetch(&[spec.as_str()], Some(&mut fo), None)
+        })
+        .map_err(|e| remote_error("fetch", e))?;
         // A branch deleted on the remote leaves no tracking ref behind after
         // the prune; nothing else to do.
         self.fetched();
@@ -242,7 +292,11 @@ impl GitStore {
 
     /// Runs `f` on the branch tip, fetching first if the local copy may be
     /// stale. Blocking.
-    pub fn read<T>(&self, f: impl FnOnce(&Snapshot<'_>) -> Result<T>) -> Result<T> {
+    pub fn read<T>(
+        &self,
+        abandoned: &Abandoned,
+        f: impl FnOnce(&Snapshot<'_>) -> Result<T>,
+    ) -> Result<T> {
         if !self.fetch_due() {
             let repo = self
                 .reader
@@ -251,6 +305,7 @@ impl GitStore {
             return self.read_on(&repo, f);
         }
         let mut inner = self.lock()?;
+        abandoned.check()?;
         // Another read may have fetched while we waited.
         if self.fetch_due() {
             self.fetch(&mut inner)?;
@@ -281,13 +336,19 @@ impl GitStore {
     /// Fetches, lets `plan` check the contract on the fresh tip and describe
     /// its change (None: nothing to do), commits and pushes; on a lost race
     /// starts over. Blocking.
-    pub fn write(&self, mut plan: impl FnMut(&Snapshot<'_>) -> Result<Option<Edit>>) -> Result<()> {
+    pub fn write(
+        &self,
+        abandoned: &Abandoned,
+        mut plan: impl FnMut(&Snapshot<'_>) -> Result<Option<Edit>>,
+    ) -> Result<()> {
         let mut inner = self.lock()?;
+        abandoned.check()?;
         for attempt in 0..MAX_ATTEMPTS {
             if attempt > 0 {
                 // Jittered backoff so that two losers do not collide again.
                 let ms = 5 + u64::from(OsRng.next_u32() % (20 * attempt));
                 std::thread::sleep(Duration::from_millis(ms));
+                abandoned.check()?;
             }
             self.fetch(&mut inner)?;
             // Borrows of the repository end before the fetch below needs it
@@ -306,23 +367,31 @@ impl GitStore {
                 let commit = self.commit(repo, parent.as_ref(), snapshot.tree.as_ref(), &edit)?;
                 (commit, parent.as_ref().map(Commit::id))
             };
+            // The push may make the change visible: a caller that stopped
+            // waiting was answered with an error, so its change must not
+            // land after that (a rollback it sent since would come first).
+            abandoned.check()?;
             match self.push(&inner.repo, commit, parent_id) {
                 Ok(()) => {
-                    // Make our own write visible to reads without a fetch.
-                    inner
-                        .repo
-                        .reference(&self.tracking_ref(), commit, true, "pushed")
-                        .map_err(|e| internal("updating the tracking ref", e))?;
+                    crash::point("push");
+                    self.pushed(&inner.repo, commit);
+                    crash::point("tracking-ref");
                     return Ok(());
                 }
                 Err(push_err) if push_err.kind() == shared::ErrorKind::Aborted => {
                     tracing::debug!(attempt, "push lost a race; retrying on the new tip");
                 }
                 Err(push_err) => {
-                    // Whether this was a lost race shows in the remote: if its
-                    // tip moved past our parent, someone else won.
+                    // What happened shows in the remote: our commit (the push
+                    // landed, only its report failed, e.g. a tracking ref
+                    // that could not be updated), our parent (it failed), or
+                    // another writer's commit (we lost a race).
                     self.fetch(&mut inner)?;
                     let now = self.tip(&inner.repo)?.map(|c| c.id());
+                    if now == Some(commit) {
+                        tracing::warn!(error = %push_err.detail(), "the push landed although it reported an error");
+                        return Ok(());
+                    }
                     if now == parent_id {
                         return Err(push_err);
                     }
@@ -333,6 +402,23 @@ impl GitStore {
         Err(Error::aborted(
             "too many concurrent writers to the git branch; retry",
         ))
+    }
+
+    /// Makes our own write visible to reads without a fetch. The write is
+    /// in the remote already, so it succeeded whatever happens here: if the
+    /// tracking ref cannot move, the next read fetches instead.
+    fn pushed(&self, repo: &Repository, commit: Oid) {
+        let tracking = self.tracking_ref();
+        if let Err(e) = retry_locked(&self.opts.clone_dir, || {
+            repo.reference(&tracking, commit, true, "pushed")
+                .map(|_| ())
+        }) {
+            tracing::warn!(error = %e.message(), "updating the tracking ref after a push failed; the next read fetches");
+            *self
+                .last_fetch
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        }
     }
 
     fn commit(
@@ -368,6 +454,7 @@ impl GitStore {
                     .map_err(|e| internal("removing a directory", e))?,
             }
         }
+        crash::point("blob");
         let tree_id = index
             .write_tree_to(repo)
             .map_err(|e| internal("writing the tree", e))?;
@@ -377,20 +464,32 @@ impl GitStore {
         let sig = Signature::now(&self.opts.author_name, &self.opts.author_email)
             .map_err(|e| internal("building the commit signature", e))?;
         let parents: Vec<&Commit<'_>> = parent.into_iter().collect();
-        repo.commit(None, &sig, &sig, &edit.message, &tree, &parents)
-            .map_err(|e| internal("committing", e))
+        let commit = repo
+            .commit(None, &sig, &sig, &edit.message, &tree, &parents)
+            .map_err(|e| internal("committing", e))?;
+        crash::point("commit");
+        Ok(commit)
     }
 
     /// Pushes `commit` as the branch, never forcing: the remote accepts it
     /// only as a fast-forward of `parent`, what we built on.
     fn push(&self, repo: &Repository, commit: Oid, parent: Option<Oid>) -> Result<()> {
         if let Some(path) = local_path(&self.opts.remote_url) {
-            return push_local(repo, &path, &self.opts.branch, commit, parent);
+            return push_local(
+                repo,
+                &path,
+                self.opts.owned_remote,
+                &self.opts.branch,
+                commit,
+                parent,
+            );
         }
         // libgit2 pushes references, not bare object ids.
         let local = format!("refs/heads/{}", self.opts.branch);
-        repo.reference(&local, commit, true, "to push")
-            .map_err(|e| internal("setting the local branch", e))?;
+        retry_locked(&self.opts.clone_dir, || {
+            repo.reference(&local, commit, true, "to push").map(|_| ())
+        })
+        .map_err(|e| internal("setting the local branch", e))?;
         let mut remote = repo
             .find_remote(REMOTE)
             .map_err(|e| internal("finding the remote", e))?;
@@ -432,6 +531,44 @@ impl GitStore {
         });
         cbs.certificate_check(move |cert, host| check_host(auth, url, cert, host));
         cbs
+    }
+
+    /// Readiness of what we write locally: the clone (and a local remote)
+    /// holds no lock file that would fail every write, and accepts a file.
+    /// Lock files found while no write of ours runs are stale (the data
+    /// directory is ours alone) and removed; one that cannot be removed, or
+    /// a directory that cannot be written, is UNAVAILABLE. Blocking.
+    pub fn check_writable(&self) -> Result<()> {
+        // A write in progress clears what it trips on, or fails: do not wait.
+        let _writer = match self.inner.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return Ok(()),
+        };
+        let unwritable = |what: &'static str, e: std::io::Error| {
+            Error::unavailable(format!("the {what} cannot be written")).with_source(e)
+        };
+        clear_locks(&self.opts.clone_dir, "local clone")
+            .map_err(|e| unwritable("local git clone", e))?;
+        datadir::check_writable(&self.opts.clone_dir)
+            .map_err(|e| unwritable("local git clone", e))?;
+        let Some(remote) = local_path(&self.opts.remote_url) else {
+            return Ok(());
+        };
+        if self.opts.owned_remote {
+            clear_locks(&remote, "local remote").map_err(|e| unwritable("git remote", e))?;
+            datadir::check_writable(&remote).map_err(|e| unwritable("git remote", e))?;
+        } else if let Some(age) = stale_branch_lock(&remote, &self.opts.branch) {
+            return Err(Error::unavailable(
+                "the git remote's branch is locked by a lock file nobody removes",
+            )
+            .with_source(std::io::Error::other(format!(
+                "a lock file on the branch of {} is {}s old",
+                remote.display(),
+                age.as_secs()
+            ))));
+        }
+        Ok(())
     }
 
     /// Asks the remote for its refs (ls-remote): the health probe.
@@ -661,7 +798,7 @@ fn entry_at(
 }
 
 /// The directory of a local remote (`file://` URL or plain path), if it is one.
-fn local_path(url: &str) -> Option<PathBuf> {
+pub fn local_path(url: &str) -> Option<PathBuf> {
     if let Some(rest) = url.strip_prefix("file://") {
         return Some(PathBuf::from(rest));
     }
@@ -680,19 +817,43 @@ fn local_path(url: &str) -> Option<PathBuf> {
 fn push_local(
     repo: &Repository,
     remote_dir: &Path,
+    owned: bool,
     branch: &str,
     commit: Oid,
     parent: Option<Oid>,
 ) -> Result<()> {
     let remote = Repository::open(remote_dir).map_err(|e| remote_error("open", e))?;
     copy_missing(repo, &remote, commit).map_err(|e| remote_error("write objects", e))?;
+    crash::point("remote-objects");
     let name = format!("refs/heads/{branch}");
-    let result = match parent {
-        Some(old) => remote.reference_matching(&name, commit, true, old, "sops-git push"),
-        None => remote.reference(&name, commit, false, "sops-git push"),
+    let update = || match parent {
+        Some(old) => remote
+            .reference_matching(&name, commit, true, old, "sops-git push")
+            .map(|_| ()),
+        None => remote
+            .reference(&name, commit, false, "sops-git push")
+            .map(|_| ()),
+    };
+    // In a remote we own, a lock file is stale by construction (the
+    // writer lock is held); in anyone else's it may be a live competitor.
+    let result = if owned {
+        retry_locked(remote.path(), update)
+    } else {
+        update()
     };
     match result {
-        Ok(_) => Ok(()),
+        Ok(()) => Ok(()),
+        // Still locked after clearing (ours), or locked for longer than any
+        // live writer holds a ref (theirs): not a race to retry at once.
+        Err(e)
+            if is_lock_error(&e)
+                && (owned || stale_branch_lock(remote.path(), branch).is_some()) =>
+        {
+            Err(Error::unavailable(
+                "the git remote's branch is locked by a lock file nobody removes",
+            )
+            .with_source(e))
+        }
         Err(e)
             if matches!(
                 e.code(),
@@ -754,7 +915,13 @@ fn copy_missing(
 /// is cheaper, and keeps a cross-process read-after-write on the same
 /// footing as `push_local` (the objects land in the remote before its ref
 /// moves, and here in the clone before the tracking ref does).
-fn fetch_local(repo: &Repository, remote_dir: &Path, branch: &str, tracking: &str) -> Result<()> {
+fn fetch_local(
+    repo: &Repository,
+    clone_dir: &Path,
+    remote_dir: &Path,
+    branch: &str,
+    tracking: &str,
+) -> Result<()> {
     let remote = Repository::open(remote_dir).map_err(|e| remote_error("open", e))?;
     let tip = match remote.find_reference(&format!("refs/heads/{branch}")) {
         Ok(r) => r
@@ -765,13 +932,12 @@ fn fetch_local(repo: &Repository, remote_dir: &Path, branch: &str, tracking: &st
         Err(e) => return Err(remote_error("read the branch", e)),
     };
     let Some(tip) = tip else {
-        return match repo.find_reference(tracking) {
-            Ok(mut r) => r
-                .delete()
-                .map_err(|e| internal("removing the tracking ref", e)),
+        return retry_locked(clone_dir, || match repo.find_reference(tracking) {
+            Ok(mut r) => r.delete(),
             Err(e) if e.code() == ErrorCode::NotFound => Ok(()),
-            Err(e) => Err(internal("reading the tracking ref", e)),
-        };
+            Err(e) => Err(e),
+        })
+        .map_err(|e| internal("removing the tracking ref", e));
     };
     // The common case for reads: nothing new, so no object walk and no
     // ref write.
@@ -779,8 +945,10 @@ fn fetch_local(repo: &Repository, remote_dir: &Path, branch: &str, tracking: &st
         return Ok(());
     }
     copy_missing(&remote, repo, tip).map_err(|e| remote_error("copy objects", e))?;
-    repo.reference(tracking, tip, true, "fetched")
-        .map_err(|e| internal("updating the tracking ref", e))?;
+    retry_locked(clone_dir, || {
+        repo.reference(tracking, tip, true, "fetched").map(|_| ())
+    })
+    .map_err(|e| internal("updating the tracking ref", e))?;
     Ok(())
 }
 
@@ -802,7 +970,173 @@ fn file_entry(path: &str, id: Oid, len: usize) -> IndexEntry {
 }
 
 fn internal(what: &'static str, e: git2::Error) -> Error {
+    if is_lock_error(&e) {
+        return locked(what, e);
+    }
     Error::internal(format!("git: {what} failed")).with_source(e)
+}
+
+/// A lock file that stayed after [`retry_locked`] removed the stale ones
+/// (another git process in our clone, or one we may not remove): the store
+/// cannot be written for now, which is UNAVAILABLE, never a permanent
+/// INTERNAL.
+fn locked(what: &'static str, e: git2::Error) -> Error {
+    Error::unavailable(format!("git: {what} failed: a lock file is held; retry")).with_source(e)
+}
+
+/// libgit2 reports a lock file it found as `Locked`; some callers only
+/// keep the message.
+fn is_lock_error(e: &git2::Error) -> bool {
+    e.code() == ErrorCode::Locked || e.message().contains("failed to lock file")
+}
+
+/// Removes the stale lock files of `repo_dir`, logging each.
+fn clear_locks(repo_dir: &Path, what: &'static str) -> std::io::Result<()> {
+    for path in datadir::clear_stale_git_files(repo_dir, Sweep::Locks)? {
+        tracing::warn!(path = %path.display(), what, "removed a stale git lock file");
+    }
+    Ok(())
+}
+
+/// Runs `op`, which writes in the repository at `repo_dir` (the clone, or
+/// a local remote we own). Only called while the writer lock is held, so a
+/// lock file there was left by a killed process (the data directory is
+/// locked by this one): it is removed and `op` retried, a bounded number of
+/// times.
+fn retry_locked<T>(
+    repo_dir: &Path,
+    mut op: impl FnMut() -> std::result::Result<T, git2::Error>,
+) -> std::result::Result<T, git2::Error> {
+    let mut attempt = 0;
+    loop {
+        match op() {
+            Err(e) if is_lock_error(&e) && attempt < LOCK_RETRIES => {
+                attempt += 1;
+                tracing::warn!(error = %e.message(), attempt, "git found a lock file; clearing stale locks and retrying");
+                if let Err(io) = clear_locks(repo_dir, "git repository") {
+                    tracing::warn!(error = %io, "clearing stale git lock files failed");
+                }
+                std::thread::sleep(Duration::from_millis(5 * u64::from(attempt)));
+            }
+            result => return result,
+        }
+    }
+}
+
+/// The age of the lock file on `branch` in the repository at `git_dir`, if
+/// there is one older than [`STALE_REMOTE_LOCK`].
+fn stale_branch_lock(git_dir: &Path, branch: &str) -> Option<Duration> {
+    let lock = git_dir.join(format!("refs/heads/{branch}.lock"));
+    let modified = std::fs::metadata(lock).and_then(|m| m.modified()).ok()?;
+    let age = SystemTime::now().duration_since(modified).ok()?;
+    (age >= STALE_REMOTE_LOCK).then_some(age)
+}
+
+/// Opens the clone at `dir`, or builds a new empty one when there is none
+/// or it is not usable (a kill mid-way through its creation, a damaged
+/// object store): the remote is the source of truth, and the clone only a
+/// cache of it that the next fetch fills.
+fn open_or_rebuild(dir: &Path, tracking: &str) -> Result<Repository> {
+    if dir.exists() {
+        // The check's handle is dropped, and with it the trees it cached:
+        // a read later goes to the object store.
+        match Repository::open_bare(dir)
+            .and_then(|r| clone_usable(&r, tracking))
+            .and_then(|()| Repository::open_bare(dir))
+        {
+            Ok(repo) => return Ok(repo),
+            Err(e) => {
+                tracing::warn!(path = %dir.display(), error = %e.message(), "the local clone is not usable: rebuilding it from the remote");
+                std::fs::remove_dir_all(dir).map_err(|e| {
+                    Error::internal("cannot remove the damaged local clone").with_source(e)
+                })?;
+            }
+        }
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::internal("cannot create the local clone directory").with_source(e))?;
+    Repository::init_bare(dir).map_err(|e| internal("creating the local clone", e))
+}
+
+/// What every call relies on: HEAD and the configuration read, and the
+/// tracking ref (if any) leads to a commit whose whole tree is present.
+/// Objects are written before the refs that name them, so a kill never
+/// breaks this; a damaged disk may.
+fn clone_usable(repo: &Repository, tracking: &str) -> std::result::Result<(), git2::Error> {
+    repo.find_reference("HEAD")?;
+    repo.config()?.snapshot()?;
+    let tip = match repo.find_reference(tracking) {
+        Ok(r) => r.peel_to_commit()?,
+        Err(e) if e.code() == ErrorCode::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let odb = repo.odb()?;
+    let mut missing = false;
+    // The walk reads every tree (a missing one fails it); blobs are only
+    // looked up. Gitlinks (submodules) name commits of other repositories.
+    tip.tree()?.walk(TreeWalkMode::PreOrder, |_, entry| {
+        if entry.kind() == Some(git2::ObjectType::Commit) || odb.exists(entry.id()) {
+            TreeWalkResult::Ok
+        } else {
+            missing = true;
+            TreeWalkResult::Abort
+        }
+    })?;
+    if missing {
+        return Err(git2::Error::new(
+            ErrorCode::NotFound,
+            ErrorClass::Odb,
+            "an object of the tip is missing",
+        ));
+    }
+    Ok(())
+}
+
+/// At start, in a local remote that we own: removes what a kill left
+/// (lock and temporary files; a half-done creation would trip on its own
+/// `config.lock`), creates the repository if it is missing, and checks that
+/// the branch, if any, leads to a readable commit. A remote that fails the
+/// check is not repaired: it is the source of truth, so the start stops
+/// naming it. Blocking.
+pub fn recover_owned_remote(dir: &Path, branch: &str) -> Result<()> {
+    for path in datadir::clear_stale_git_files(dir, Sweep::All).map_err(|e| {
+        Error::invalid_argument(format!(
+            "cannot clear stale git files in the local remote {}: {e}",
+            dir.display()
+        ))
+    })? {
+        tracing::warn!(path = %path.display(), "removed a stale file from the local remote");
+    }
+    ensure_bare_repo(dir)?;
+    let check = || -> std::result::Result<(), git2::Error> {
+        let repo = Repository::open_bare(dir)?;
+        match repo.find_reference(&format!("refs/heads/{branch}")) {
+            Ok(r) => r.peel_to_commit()?.tree().map(|_| ()),
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    };
+    check().map_err(|e| {
+        Error::invalid_argument(format!(
+            "the local remote {} is damaged ({}): restore it from a backup or a clone",
+            dir.display(),
+            e.message()
+        ))
+    })
+}
+
+/// At start, in the clone: removes what a kill left (lock and temporary
+/// files). Safe only under the data directory's lock. Blocking.
+pub fn recover_clone(dir: &Path) -> Result<()> {
+    for path in datadir::clear_stale_git_files(dir, Sweep::All).map_err(|e| {
+        Error::invalid_argument(format!(
+            "cannot clear stale git files in the local clone {}: {e}",
+            dir.display()
+        ))
+    })? {
+        tracing::warn!(path = %path.display(), "removed a stale file from the local clone");
+    }
+    Ok(())
 }
 
 /// Errors talking to the remote: network and transport trouble is
@@ -815,6 +1149,9 @@ fn remote_error(what: &'static str, e: git2::Error) -> Error {
         || e.class() == ErrorClass::Repository;
     if e.code() == ErrorCode::NotFastForward {
         return Error::aborted(format!("git {what} lost a race; retry")).with_source(e);
+    }
+    if is_lock_error(&e) {
+        return locked(what, e);
     }
     if is_auth_failure(&e) {
         // Still UNAVAILABLE to callers (health turns NOT_SERVING), but the
@@ -857,6 +1194,10 @@ mod tests {
     use super::*;
 
     fn store(dir: &Path) -> GitStore {
+        store_owning(dir, false)
+    }
+
+    fn store_owning(dir: &Path, owned_remote: bool) -> GitStore {
         let remote = dir.join("remote.git");
         ensure_bare_repo(&remote).expect("remote");
         GitStore::open(StoreOptions {
@@ -867,8 +1208,15 @@ mod tests {
             author_email: "t@t".into(),
             read_fetch_interval: Duration::ZERO,
             auth: Auth::default(),
+            owned_remote,
         })
         .expect("store")
+    }
+
+    fn plant(path: &Path, age: Duration) {
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        let file = std::fs::File::create(path).expect("plant");
+        file.set_modified(SystemTime::now() - age).expect("mtime");
     }
 
     fn put(path: &str, content: &str) -> Edit {
@@ -916,17 +1264,24 @@ mod tests {
     fn writes_and_reads_go_through_the_remote() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = store(dir.path());
-        s.write(|_| Ok(Some(put("a/b", "x")))).expect("write");
-        let got = s.read(|snap| snap.read("a/b")).expect("read");
+        s.write(&Abandoned::default(), |_| Ok(Some(put("a/b", "x"))))
+            .expect("write");
+        let got = s
+            .read(&Abandoned::default(), |snap| snap.read("a/b"))
+            .expect("read");
         assert_eq!(got.as_deref(), Some(&b"x"[..]));
-        assert_eq!(s.read(|snap| snap.list("a")).expect("list"), vec!["b"]);
+        assert_eq!(
+            s.read(&Abandoned::default(), |snap| snap.list("a"))
+                .expect("list"),
+            vec!["b"]
+        );
     }
 
     #[test]
     fn deleting_a_directory_keeps_siblings_that_share_its_name_as_prefix() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = store(dir.path());
-        s.write(|_| {
+        s.write(&Abandoned::default(), |_| {
             Ok(Some(Edit {
                 message: "two".into(),
                 changes: vec![
@@ -942,14 +1297,18 @@ mod tests {
             }))
         })
         .expect("write");
-        s.write(|_| {
+        s.write(&Abandoned::default(), |_| {
             Ok(Some(Edit {
                 message: "rm".into(),
                 changes: vec![Change::DeleteDir { path: "p/a".into() }],
             }))
         })
         .expect("delete");
-        assert_eq!(s.read(|snap| snap.list("p")).expect("list"), vec!["ab"]);
+        assert_eq!(
+            s.read(&Abandoned::default(), |snap| snap.list("p"))
+                .expect("list"),
+            vec!["ab"]
+        );
     }
 
     #[test]
@@ -958,7 +1317,7 @@ mod tests {
         let s = store(dir.path());
         let remote = dir.path().join("remote.git");
         let mut calls = 0;
-        s.write(|snap| {
+        s.write(&Abandoned::default(), |snap| {
             calls += 1;
             if calls == 1 {
                 // Someone else wins between our fetch and our push.
@@ -972,7 +1331,9 @@ mod tests {
         .expect("write");
         assert_eq!(calls, 2);
         let (theirs, mine) = s
-            .read(|snap| Ok((snap.read("other/1")?, snap.read("mine")?)))
+            .read(&Abandoned::default(), |snap| {
+                Ok((snap.read("other/1")?, snap.read("mine")?))
+            })
             .expect("read");
         assert!(theirs.is_some() && mine.is_some(), "a write was lost");
     }
@@ -981,21 +1342,27 @@ mod tests {
     fn a_branch_removed_on_the_remote_reads_as_empty() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = store(dir.path());
-        s.write(|_| Ok(Some(put("a", "x")))).expect("write");
+        s.write(&Abandoned::default(), |_| Ok(Some(put("a", "x"))))
+            .expect("write");
         let remote = Repository::open_bare(dir.path().join("remote.git")).expect("open");
         remote
             .find_reference("refs/heads/main")
             .expect("branch")
             .delete()
             .expect("delete");
-        assert_eq!(s.read(|snap| snap.read("a")).expect("read"), None);
+        assert_eq!(
+            s.read(&Abandoned::default(), |snap| snap.read("a"))
+                .expect("read"),
+            None
+        );
     }
 
     #[test]
     fn an_object_missing_from_the_clone_is_an_error_never_absence() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = store(dir.path());
-        s.write(|_| Ok(Some(put("a/b/c", "x")))).expect("write");
+        s.write(&Abandoned::default(), |_| Ok(Some(put("a/b/c", "x"))))
+            .expect("write");
         // Lose the tree of `a/b` from the clone (it stays in the remote).
         let id = {
             let clone = Repository::open_bare(&s.opts.clone_dir).expect("clone");
@@ -1015,15 +1382,181 @@ mod tests {
             .join("objects")
             .join(&id[..2])
             .join(&id[2..]);
-        std::fs::remove_file(loose).expect("remove the loose object");
-        // A new handle: nothing of the tree is cached in memory.
+        // A new handle: nothing of the tree is cached in memory. (Opened
+        // before the loss: at open, a damaged clone is rebuilt.)
         let fresh = store(dir.path());
+        std::fs::remove_file(loose).expect("remove the loose object");
         for err in [
-            fresh.read(|snap| snap.read("a/b/c")).expect_err("read"),
-            fresh.read(|snap| snap.list("a/b")).expect_err("list"),
+            fresh
+                .read(&Abandoned::default(), |snap| snap.read("a/b/c"))
+                .expect_err("read"),
+            fresh
+                .read(&Abandoned::default(), |snap| snap.list("a/b"))
+                .expect_err("list"),
         ] {
             assert_eq!(err.kind(), shared::ErrorKind::Internal);
         }
+    }
+
+    #[test]
+    fn a_clone_missing_an_object_is_rebuilt_from_the_remote_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        s.write(&Abandoned::default(), |_| Ok(Some(put("a/b/c", "x"))))
+            .expect("write");
+        let tip = s
+            .read(&Abandoned::default(), |snap| {
+                Ok(snap.tree.as_ref().map(|t| t.id()))
+            })
+            .expect("read")
+            .expect("a tip");
+        let hex = tip.to_string();
+        std::fs::remove_file(
+            s.opts
+                .clone_dir
+                .join("objects")
+                .join(&hex[..2])
+                .join(&hex[2..]),
+        )
+        .expect("remove the root tree");
+        drop(s);
+        let reopened = store(dir.path());
+        let got = reopened
+            .read(&Abandoned::default(), |snap| snap.read("a/b/c"))
+            .expect("read after the rebuild");
+        assert_eq!(got.as_deref(), Some(&b"x"[..]));
+    }
+
+    #[test]
+    fn a_stale_lock_in_the_clone_is_cleared_by_the_next_write_and_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        s.write(&Abandoned::default(), |_| Ok(Some(put("a", "1"))))
+            .expect("write");
+        let clone = s.opts.clone_dir.clone();
+        for lock in ["refs/remotes/origin/main.lock", "packed-refs.lock"] {
+            plant(&clone.join(lock), Duration::ZERO);
+        }
+        // Someone else moves the branch: the read must move the tracking ref.
+        commit_behind_our_back(&dir.path().join("remote.git"), 1);
+        let theirs = s
+            .read(&Abandoned::default(), |snap| snap.read("other/1"))
+            .expect("read");
+        assert!(theirs.is_some());
+        plant(&clone.join("refs/remotes/origin/main.lock"), Duration::ZERO);
+        s.write(&Abandoned::default(), |_| Ok(Some(put("b", "2"))))
+            .expect("write");
+        assert!(!clone.join("refs/remotes/origin/main.lock").exists());
+        let both = s
+            .read(&Abandoned::default(), |snap| {
+                Ok((snap.read("a")?, snap.read("b")?))
+            })
+            .expect("read");
+        assert!(both.0.is_some() && both.1.is_some());
+    }
+
+    #[test]
+    fn a_lock_on_an_owned_remote_is_cleared_and_on_a_foreign_one_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lock = dir.path().join("remote.git/refs/heads/main.lock");
+        let owned = store_owning(dir.path(), true);
+        owned
+            .write(&Abandoned::default(), |_| Ok(Some(put("a", "1"))))
+            .expect("write");
+        plant(&lock, Duration::ZERO);
+        owned
+            .write(&Abandoned::default(), |_| Ok(Some(put("b", "2"))))
+            .expect("the owner clears its remote's stale lock");
+        drop(owned);
+
+        // Someone else's remote: a fresh lock is a competitor (ABORTED, a
+        // race to retry), an old one a stale lock we may not remove.
+        let foreign = store(dir.path());
+        plant(&lock, Duration::ZERO);
+        let err = foreign
+            .write(&Abandoned::default(), |_| Ok(Some(put("c", "3"))))
+            .expect_err("locked");
+        assert_eq!(err.kind(), shared::ErrorKind::Aborted);
+        plant(&lock, STALE_REMOTE_LOCK + Duration::from_secs(5));
+        let err = foreign
+            .write(&Abandoned::default(), |_| Ok(Some(put("c", "3"))))
+            .expect_err("locked");
+        assert_eq!(err.kind(), shared::ErrorKind::Unavailable);
+        assert_eq!(
+            foreign.check_writable().expect_err("probe").kind(),
+            shared::ErrorKind::Unavailable
+        );
+        assert!(lock.exists(), "a foreign lock file was removed");
+        std::fs::remove_file(&lock).expect("its owner removes it");
+        foreign.check_writable().expect("writable again");
+        foreign
+            .write(&Abandoned::default(), |_| Ok(Some(put("c", "3"))))
+            .expect("write");
+    }
+
+    #[test]
+    fn the_probe_clears_stale_clone_locks_unless_a_write_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        let lock = s.opts.clone_dir.join("refs/remotes/origin/main.lock");
+        plant(&lock, Duration::ZERO);
+        s.check_writable().expect("cleared");
+        assert!(!lock.exists());
+        // A busy writer is not waited for.
+        let writer = s.lock().expect("lock");
+        plant(&lock, Duration::ZERO);
+        s.check_writable().expect("skipped while a write runs");
+        drop(writer);
+        s.check_writable().expect("cleared");
+        assert!(!lock.exists());
+    }
+
+    #[test]
+    fn an_abandoned_write_never_reaches_the_remote() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        let abandoned = Abandoned::default();
+        let err = s
+            .write(&abandoned, |_| {
+                // The caller's deadline passes while the change is planned.
+                abandoned.set();
+                Ok(Some(put("late", "x")))
+            })
+            .expect_err("abandoned");
+        assert_eq!(err.kind(), shared::ErrorKind::Unavailable);
+        let got = s
+            .read(&Abandoned::default(), |snap| snap.read("late"))
+            .expect("read");
+        assert_eq!(got, None);
+    }
+
+    #[test]
+    fn an_owned_remote_whose_creation_was_killed_is_created_at_the_next_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let remote = dir.path().join("remote.git");
+        // What a kill during init leaves: a directory, a held config lock.
+        plant(&remote.join("config.lock"), Duration::ZERO);
+        recover_owned_remote(&remote, "main").expect("recovered");
+        assert!(Repository::open_bare(&remote).is_ok());
+        assert!(!remote.join("config.lock").exists());
+    }
+
+    #[test]
+    fn a_damaged_owned_remote_stops_the_start_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let remote = dir.path().join("remote.git");
+        ensure_bare_repo(&remote).expect("remote");
+        std::fs::write(
+            remote.join("refs/heads/main"),
+            "0123456789012345678901234567890123456789\n",
+        )
+        .expect("point the branch nowhere");
+        let err = recover_owned_remote(&remote, "main").expect_err("damaged");
+        assert!(
+            err.message().contains(&remote.display().to_string()),
+            "{}",
+            err.message()
+        );
     }
 
     #[test]
@@ -1033,7 +1566,7 @@ mod tests {
         let remote = dir.path().join("remote.git");
         let mut n = 0;
         let err = s
-            .write(|_| {
+            .write(&Abandoned::default(), |_| {
                 n += 1;
                 commit_behind_our_back(&remote, n);
                 Ok(Some(put("mine", "y")))
@@ -1048,7 +1581,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = store(dir.path());
         std::fs::remove_dir_all(dir.path().join("remote.git")).expect("rm");
-        let err = s.read(|_| Ok(())).expect_err("unreachable");
+        let err = s
+            .read(&Abandoned::default(), |_| Ok(()))
+            .expect_err("unreachable");
         assert_eq!(err.kind(), shared::ErrorKind::Unavailable);
         assert_eq!(
             s.ping().expect_err("ping").kind(),
@@ -1061,14 +1596,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = store(dir.path());
         s.opts.read_fetch_interval = Duration::from_secs(3600);
-        s.write(|_| Ok(Some(put("a", "x")))).expect("write");
+        s.write(&Abandoned::default(), |_| Ok(Some(put("a", "x"))))
+            .expect("write");
         let s = std::sync::Arc::new(s);
         // Stands in for a write busy pushing.
         let writer = s.lock().expect("lock");
         let (tx, rx) = std::sync::mpsc::channel();
         let reader = std::sync::Arc::clone(&s);
         std::thread::spawn(move || {
-            let _ = tx.send(reader.read(|snap| snap.read("a")));
+            let _ = tx.send(reader.read(&Abandoned::default(), |snap| snap.read("a")));
         });
         let got = rx
             .recv_timeout(Duration::from_secs(10))

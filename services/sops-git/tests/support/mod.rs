@@ -89,16 +89,25 @@ pub async fn git_daemon(base: &Path) -> (testkit::Guard, String) {
 /// Starts the real binary with `APP_DATA_DIR=data_dir` and the extra
 /// environment; waits until it reports SERVING.
 pub async fn start_backend(data_dir: &Path, env: &[(&str, &str)]) -> BackendProcess {
+    start_backend_on(free_port(), data_dir, env).await
+}
+
+/// [`start_backend`] on a given port (a restart keeps its URL).
+pub async fn start_backend_on(port: u16, data_dir: &Path, env: &[(&str, &str)]) -> BackendProcess {
+    spawn_backend_on(port, data_dir, env).serving().await
+}
+
+/// The real binary on `port` with `APP_DATA_DIR=data_dir`, not waited for.
+pub fn spawn_backend_on(port: u16, data_dir: &Path, env: &[(&str, &str)]) -> BackendProcess {
     let data = data_dir.to_str().expect("utf-8 path");
     let mut all = vec![("APP_LOG_LEVEL", "warn"), ("APP_DATA_DIR", data)];
     all.extend_from_slice(env);
-    BackendProcess::start(
+    BackendProcess::start_on(
+        port,
         env!("CARGO_BIN_EXE_sops-git-backend"),
         &["SOPS_", "GIT_"],
         &all,
     )
-    .serving()
-    .await
 }
 
 /// A connected conformance client for `url`.
