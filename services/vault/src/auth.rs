@@ -2,8 +2,11 @@
 //! valid (renew-self before expiry, re-read a token file when it changes,
 //! log in again on expiry or after a 403).
 //!
-//! A token lives only inside the current `VaultClient` and in `Secret`s;
-//! nothing here logs or formats it.
+//! Every login method goes through [`login`]; renewal and re-login
+//! ([`Session::maintain`], [`Session::relogin`]) are the same for all of them.
+//! A token, JWT, password or key lives only inside the current `VaultClient`
+//! and in `Secret`s (or reqwest's opaque `Identity`); nothing here logs or
+//! formats it.
 
 use std::{
     path::PathBuf,
@@ -34,6 +37,29 @@ pub enum Method {
         mount: String,
         role: String,
         jwt_file: PathBuf,
+    },
+    /// JWT/OIDC auth (`jwt` method) with a JWT from a file, re-read at every
+    /// login because its issuer rotates it. No role: the mount's `default_role`.
+    Jwt {
+        mount: String,
+        role: Option<String>,
+        jwt_file: PathBuf,
+    },
+    /// TLS certificate auth: the certificate and key are presented in the
+    /// TLS handshake of the login and of every call made with its token.
+    /// Both files are re-read at every login, so a renewed certificate is
+    /// used from the next login on. No role: any role whose CA matches.
+    Cert {
+        mount: String,
+        role: Option<String>,
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    /// Username and password (`userpass` method), for development.
+    Userpass {
+        mount: String,
+        username: String,
+        password: SecretSource,
     },
 }
 
@@ -77,15 +103,39 @@ pub struct Connection {
     pub timeout: Duration,
 }
 
+/// A PEM certificate and its key as a TLS client identity; `cert_var` and
+/// `key_var` name the settings in errors (never the content).
+pub fn load_identity(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    cert_var: &str,
+    key_var: &str,
+) -> Result<Identity> {
+    let mut pem = std::fs::read(cert).map_err(|e| {
+        Error::invalid_argument(format!("cannot read {cert_var} {}", cert.display())).with_source(e)
+    })?;
+    pem.push(b'\n');
+    pem.extend(std::fs::read(key).map_err(|e| {
+        Error::invalid_argument(format!("cannot read {key_var} {}", key.display())).with_source(e)
+    })?);
+    Identity::from_pem(&pem).map_err(|e| {
+        Error::invalid_argument(format!(
+            "{cert_var}/{key_var} are not a PEM certificate and key"
+        ))
+        .with_source(e)
+    })
+}
+
 impl Connection {
-    /// A client holding `token`. Every setting is given explicitly so that
-    /// vaultrs never falls back to reading VAULT_* variables itself.
-    fn client(&self, token: &Secret) -> Result<VaultClient> {
+    /// A client holding `token` and presenting `identity` in TLS handshakes.
+    /// Every setting is given explicitly so that vaultrs never falls back to
+    /// reading VAULT_* variables itself.
+    fn client(&self, token: &Secret, identity: Option<&Identity>) -> Result<VaultClient> {
         let mut b = VaultClientSettingsBuilder::default();
         b.address(self.address.as_str())
             .token(token.expose())
             .ca_certs(self.ca_certs.clone())
-            .identity(self.identity.clone())
+            .identity(identity.cloned())
             .verify(true)
             .timeout(Some(self.timeout))
             .namespace(self.namespace.clone());
@@ -174,6 +224,9 @@ impl Session {
             Method::Token { .. } => "token",
             Method::AppRole { .. } => "approle",
             Method::Kubernetes { .. } => "kubernetes",
+            Method::Jwt { .. } => "jwt",
+            Method::Cert { .. } => "cert",
+            Method::Userpass { .. } => "userpass",
         }
     }
 
@@ -266,10 +319,23 @@ impl Session {
     }
 }
 
-/// Gets a token by `method` and learns its TTL.
+/// Gets a token by `method` and learns its TTL. The one login path of
+/// every method: at start, on expiry ([`Session::refresh`]) and after a 403
+/// ([`Session::relogin`]). Credentials in files are read here, every time.
 async fn login(conn: &Connection, method: &Method, generation: u64) -> Result<Current> {
     let anonymous = Secret::new("");
-    match method {
+    // The TLS client identity of this login and of the token it yields.
+    let identity = match method {
+        Method::Cert { cert, key, .. } => Some(load_identity(
+            cert,
+            key,
+            "APP_VAULT_CERT_CLIENT_CERT",
+            "APP_VAULT_CERT_CLIENT_KEY",
+        )?),
+        _ => conn.identity.clone(),
+    };
+    let identity = identity.as_ref();
+    let (name, auth) = match method {
         Method::Token { token, file } => {
             let (token, from_file) = match (file, token) {
                 (Some(p), _) => {
@@ -279,19 +345,19 @@ async fn login(conn: &Connection, method: &Method, generation: u64) -> Result<Cu
                 (None, Some(t)) => (t.clone(), None),
                 (None, None) => {
                     return Err(Error::invalid_argument(
-                        "no vault credentials: set VAULT_TOKEN, VAULT_TOKEN_FILE, AppRole or Kubernetes auth",
+                        "no vault credentials: set VAULT_TOKEN, VAULT_TOKEN_FILE or a login method (AppRole, Kubernetes, JWT, cert, userpass)",
                     ));
                 }
             };
-            let client = conn.client(&token)?;
+            let client = conn.client(&token, identity)?;
             let info = lookup(&client).await?;
-            Ok(Current {
+            return Ok(Current {
                 client: Arc::new(client),
                 generation,
                 from_file,
                 ttl: info.0,
                 renewable: info.1,
-            })
+            });
         }
         Method::AppRole {
             mount,
@@ -299,14 +365,15 @@ async fn login(conn: &Connection, method: &Method, generation: u64) -> Result<Cu
             secret_id,
         } => {
             let secret_id = secret_id.load("AppRole secret_id")?;
-            let bootstrap = conn.client(&anonymous)?;
-            let auth = shared::metrics::store_call("login_approle", async {
-                vaultrs::auth::approle::login(&bootstrap, mount, role_id, secret_id.expose())
-                    .await
-                    .map_err(|e| login_error(e, "approle", mount))
-            })
+            let bootstrap = conn.client(&anonymous, identity)?;
+            let auth = login_call(
+                "login_approle",
+                "approle",
+                mount,
+                vaultrs::auth::approle::login(&bootstrap, mount, role_id, secret_id.expose()),
+            )
             .await?;
-            from_auth(conn, auth, generation)
+            ("approle", auth)
         }
         Method::Kubernetes {
             mount,
@@ -314,20 +381,66 @@ async fn login(conn: &Connection, method: &Method, generation: u64) -> Result<Cu
             jwt_file,
         } => {
             let jwt = read_secret_file(jwt_file, "kubernetes service account token")?;
-            let bootstrap = conn.client(&anonymous)?;
-            let auth = shared::metrics::store_call("login_kubernetes", async {
-                vaultrs::auth::kubernetes::login(&bootstrap, mount, role, jwt.expose())
-                    .await
-                    .map_err(|e| login_error(e, "kubernetes", mount))
-            })
+            let bootstrap = conn.client(&anonymous, identity)?;
+            let auth = login_call(
+                "login_kubernetes",
+                "kubernetes",
+                mount,
+                vaultrs::auth::kubernetes::login(&bootstrap, mount, role, jwt.expose()),
+            )
             .await?;
-            from_auth(conn, auth, generation)
+            ("kubernetes", auth)
         }
-    }
-}
-
-fn from_auth(conn: &Connection, auth: vaultrs::api::AuthInfo, generation: u64) -> Result<Current> {
+        Method::Jwt {
+            mount,
+            role,
+            jwt_file,
+        } => {
+            let jwt = read_secret_file(jwt_file, "JWT")?;
+            let bootstrap = conn.client(&anonymous, identity)?;
+            let auth = login_call(
+                "login_jwt",
+                "jwt",
+                mount,
+                vaultrs::auth::oidc::login(&bootstrap, mount, jwt.expose(), role.clone()),
+            )
+            .await?;
+            ("jwt", auth)
+        }
+        Method::Cert { mount, role, .. } => {
+            let bootstrap = conn.client(&anonymous, identity)?;
+            let endpoint = CertLogin {
+                mount: mount.clone(),
+                name: role.clone(),
+            };
+            let auth = login_call(
+                "login_cert",
+                "cert",
+                mount,
+                vaultrs::api::auth(&bootstrap, endpoint),
+            )
+            .await?;
+            ("cert", auth)
+        }
+        Method::Userpass {
+            mount,
+            username,
+            password,
+        } => {
+            let password = password.load("userpass password")?;
+            let bootstrap = conn.client(&anonymous, identity)?;
+            let auth = login_call(
+                "login_userpass",
+                "userpass",
+                mount,
+                vaultrs::auth::userpass::login(&bootstrap, mount, username, password.expose()),
+            )
+            .await?;
+            ("userpass", auth)
+        }
+    };
     tracing::debug!(
+        method = name,
         generation,
         ttl = auth.lease_duration,
         renewable = auth.renewable,
@@ -335,7 +448,7 @@ fn from_auth(conn: &Connection, auth: vaultrs::api::AuthInfo, generation: u64) -
     );
     let token = Secret::new(auth.client_token);
     Ok(Current {
-        client: Arc::new(conn.client(&token)?),
+        client: Arc::new(conn.client(&token, identity)?),
         generation,
         from_file: None,
         ttl: auth.lease_duration,
@@ -343,8 +456,62 @@ fn from_auth(conn: &Connection, auth: vaultrs::api::AuthInfo, generation: u64) -
     })
 }
 
+/// The cert method's login. vaultrs 0.8's `auth::cert::login` sends the
+/// role as `cert_name`, which Vault ignores (it then accepts any role whose
+/// CA matches); Vault's parameter is `name`.
+#[derive(serde::Serialize)]
+struct CertLogin {
+    #[serde(skip)]
+    mount: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+}
+
+impl rustify::Endpoint for CertLogin {
+    type Response = ();
+    const REQUEST_BODY_TYPE: rustify::enums::RequestType = rustify::enums::RequestType::JSON;
+    const RESPONSE_BODY_TYPE: rustify::enums::ResponseType = rustify::enums::ResponseType::JSON;
+
+    fn path(&self) -> String {
+        // The form vaultrs' own endpoints use (rustify joins it to the address).
+        format!("/auth/{}/login", self.mount)
+    }
+
+    fn method(&self) -> rustify::enums::RequestMethod {
+        rustify::enums::RequestMethod::POST
+    }
+
+    fn body(&self) -> std::result::Result<Option<Vec<u8>>, rustify::errors::ClientError> {
+        rustify::http::build_body(self, Self::REQUEST_BODY_TYPE).map(Some)
+    }
+}
+
+/// One login request, measured as a store call, its failure worded for
+/// the operator (never with the credential).
+async fn login_call(
+    operation: &'static str,
+    method: &str,
+    mount: &str,
+    request: impl std::future::Future<
+        Output = std::result::Result<vaultrs::api::AuthInfo, vaultrs::error::ClientError>,
+    >,
+) -> Result<vaultrs::api::AuthInfo> {
+    shared::metrics::store_call(operation, async {
+        request.await.map_err(|e| login_error(e, method, mount))
+    })
+    .await
+}
+
 fn login_error(e: vaultrs::error::ClientError, method: &str, mount: &str) -> Error {
     let what = format!("{method} login at auth/{mount}");
+    // Vault answers refused credentials with 400 on most auth methods (a bad
+    // password, JWT, secret_id or certificate) and 403 on some.
+    if crate::store::status_of(&e) == Some(400) {
+        return Error::permission_denied(format!(
+            "vault refused the {what}: check the role and its credentials"
+        ))
+        .with_source(e);
+    }
     match crate::store::map_err(e, &what) {
         crate::store::Failure::Denied(e) => Error::permission_denied(format!(
             "vault refused the {what}: check the role and its credentials"
@@ -371,4 +538,42 @@ pub async fn lookup(client: &VaultClient) -> Result<(u64, bool)> {
     })
     .await?;
     Ok((info.ttl, info.renewable.unwrap_or(false)))
+}
+
+#[cfg(test)]
+mod tests {
+    use rustify::Endpoint as _;
+
+    use super::*;
+
+    #[test]
+    fn cert_login_sends_the_role_as_name() {
+        let with = CertLogin {
+            mount: "cert".into(),
+            name: Some("web".into()),
+        };
+        assert_eq!(with.path(), "/auth/cert/login");
+        assert_eq!(
+            with.body().ok().flatten(),
+            Some(br#"{"name":"web"}"#.to_vec())
+        );
+        let without = CertLogin {
+            mount: "cert".into(),
+            name: None,
+        };
+        // rustify sends `{}` as an empty body; Vault then tries every role.
+        assert_eq!(without.body().ok().flatten(), Some(Vec::new()));
+    }
+
+    #[test]
+    fn debug_of_a_login_method_hides_its_secret() {
+        let m = Method::Userpass {
+            mount: "userpass".into(),
+            username: "dev".into(),
+            password: SecretSource::Value(Secret::new("pw-value-1b7f")),
+        };
+        let shown = format!("{m:?}");
+        assert!(!shown.contains("pw-value-1b7f"), "{shown}");
+        assert!(shown.contains("dev"), "{shown}");
+    }
 }

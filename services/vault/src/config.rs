@@ -9,9 +9,11 @@ use shared::{
 };
 
 use crate::{
-    auth::{Connection, Method, SecretSource},
+    auth::{Connection, Method, SecretSource, load_identity},
     store::KvVersion,
 };
+
+const USERPASS_PASSWORD_ENV: &str = "APP_VAULT_USERPASS_PASSWORD";
 
 #[derive(Parser, Clone, Debug)]
 #[command(
@@ -102,14 +104,60 @@ pub struct Config {
     #[arg(long, env = "APP_VAULT_K8S_MOUNT", default_value = "kubernetes")]
     pub k8s_mount: String,
 
+    /// JWT auth role; unset: the mount's default_role (needs --jwt-file).
+    #[arg(long, env = "APP_VAULT_JWT_ROLE")]
+    pub jwt_role: Option<String>,
+
+    /// File holding the JWT (e.g. a projected service-account token): enables JWT/OIDC login; re-read at every login.
+    #[arg(long, env = "APP_VAULT_JWT_FILE")]
+    pub jwt_file: Option<PathBuf>,
+
+    /// JWT/OIDC auth mount.
+    #[arg(long, env = "APP_VAULT_JWT_MOUNT", default_value = "jwt")]
+    pub jwt_mount: String,
+
+    /// PEM client certificate presented to Vault: enables TLS certificate login (with --cert-client-key); re-read at every login.
+    #[arg(long, env = "APP_VAULT_CERT_CLIENT_CERT")]
+    pub cert_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --cert-client-cert.
+    #[arg(long, env = "APP_VAULT_CERT_CLIENT_KEY")]
+    pub cert_client_key: Option<PathBuf>,
+
+    /// Certificate role (`name`) to log in against; unset: any role whose CA matches.
+    #[arg(long, env = "APP_VAULT_CERT_ROLE")]
+    pub cert_role: Option<String>,
+
+    /// TLS certificate auth mount.
+    #[arg(long, env = "APP_VAULT_CERT_MOUNT", default_value = "cert")]
+    pub cert_mount: String,
+
+    /// userpass user name: enables userpass login (meant for development).
+    #[arg(long, env = "APP_VAULT_USERPASS_USERNAME")]
+    pub userpass_username: Option<String>,
+
+    /// userpass password, from the environment only (a flag value would show in ps).
+    #[arg(long, env = USERPASS_PASSWORD_ENV, hide_env_values = true)]
+    pub userpass_password: Option<Secret>,
+
+    /// File holding the userpass password; re-read at every login.
+    #[arg(long, env = "APP_VAULT_USERPASS_PASSWORD_FILE")]
+    pub userpass_password_file: Option<PathBuf>,
+
+    /// userpass auth mount.
+    #[arg(long, env = "APP_VAULT_USERPASS_MOUNT", default_value = "userpass")]
+    pub userpass_mount: String,
+
     /// How often a token file is checked for a new token.
     #[arg(long, env = "APP_VAULT_TOKEN_FILE_POLL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub token_file_poll: Duration,
 }
 
 impl BackendConfig for Config {
-    // vaultrs logs every cas conflict (an expected race outcome) at ERROR.
-    const QUIET_LOG_TARGETS: &'static [&'static str] = &["vaultrs"];
+    // vaultrs logs every cas conflict (an expected race outcome) at ERROR,
+    // and rustify (its HTTP layer) every 404, e.g. the missing head of each
+    // create; our own request log line already says what happened.
+    const QUIET_LOG_TARGETS: &'static [&'static str] = &["vaultrs", "rustify"];
 
     fn server(&self) -> &ServerConfig {
         &self.server
@@ -117,34 +165,169 @@ impl BackendConfig for Config {
 }
 
 impl Config {
+    /// The one login method the settings select. Two methods, a token with
+    /// a method, or a method's setting without the one that enables it stop
+    /// the process with a message naming the variables.
     pub(crate) fn method(&self) -> Result<Method> {
-        if let Some(role_id) = &self.approle_role_id {
-            let secret_id = match (&self.approle_secret_id, &self.approle_secret_id_file) {
-                (_, Some(f)) => SecretSource::File(f.clone()),
-                (Some(s), None) => SecretSource::Value(s.clone()),
-                (None, None) => {
-                    return Err(Error::invalid_argument(
-                        "AppRole login needs APP_VAULT_APPROLE_SECRET_ID or APP_VAULT_APPROLE_SECRET_ID_FILE",
+        let set = |o: &Option<String>| o.as_deref().is_some_and(|v| !v.is_empty());
+        let jwt_role = self.jwt_role.clone().filter(|r| !r.is_empty());
+        let cert_role = self.cert_role.clone().filter(|r| !r.is_empty());
+
+        // Each method with the variable that selects it.
+        let mut selected: Vec<(Login, &str)> = Vec::new();
+        if set(&self.approle_role_id) {
+            selected.push((Login::AppRole, "APP_VAULT_APPROLE_ROLE_ID"));
+        } else if self.approle_secret_id.is_some() || self.approle_secret_id_file.is_some() {
+            return Err(invalid(
+                "APP_VAULT_APPROLE_SECRET_ID(_FILE) needs APP_VAULT_APPROLE_ROLE_ID",
+            ));
+        }
+        if set(&self.k8s_role) {
+            selected.push((Login::Kubernetes, "APP_VAULT_K8S_ROLE"));
+        }
+        if self.jwt_file.is_some() {
+            selected.push((Login::Jwt, "APP_VAULT_JWT_FILE"));
+        } else if jwt_role.is_some() {
+            return Err(invalid("APP_VAULT_JWT_ROLE needs APP_VAULT_JWT_FILE"));
+        }
+        match (&self.cert_client_cert, &self.cert_client_key) {
+            (Some(_), Some(_)) => selected.push((Login::Cert, "APP_VAULT_CERT_CLIENT_CERT")),
+            (Some(_), None) => {
+                return Err(invalid(
+                    "APP_VAULT_CERT_CLIENT_CERT needs APP_VAULT_CERT_CLIENT_KEY",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "APP_VAULT_CERT_CLIENT_KEY needs APP_VAULT_CERT_CLIENT_CERT",
+                ));
+            }
+            (None, None) if cert_role.is_some() => {
+                return Err(invalid(
+                    "APP_VAULT_CERT_ROLE needs APP_VAULT_CERT_CLIENT_CERT and APP_VAULT_CERT_CLIENT_KEY",
+                ));
+            }
+            (None, None) => {}
+        }
+        if set(&self.userpass_username) {
+            selected.push((Login::Userpass, "APP_VAULT_USERPASS_USERNAME"));
+        } else if self.userpass_password.is_some() || self.userpass_password_file.is_some() {
+            return Err(invalid(
+                "APP_VAULT_USERPASS_PASSWORD(_FILE) needs APP_VAULT_USERPASS_USERNAME",
+            ));
+        }
+
+        let token_set = self.vault_token.as_ref().is_some_and(|t| !t.is_empty())
+            || self.vault_token_file.is_some();
+        let (login, var) = match selected.as_slice() {
+            [] => {
+                return Ok(Method::Token {
+                    token: self.vault_token.clone().filter(|t| !t.is_empty()),
+                    file: self.vault_token_file.clone(),
+                });
+            }
+            [one] => *one,
+            many => {
+                let vars: Vec<&str> = many.iter().map(|(_, v)| *v).collect();
+                return Err(invalid(format!(
+                    "more than one vault login method is configured ({}): keep the settings of one",
+                    vars.join(", ")
+                )));
+            }
+        };
+        if token_set {
+            return Err(invalid(format!(
+                "VAULT_TOKEN/VAULT_TOKEN_FILE and the {} login ({var}) are both set: keep one",
+                login.name()
+            )));
+        }
+        let mount = |var: &str, value: &str| {
+            let m = value.trim_matches('/');
+            if m.is_empty() {
+                Err(invalid(format!("{var} must not be empty")))
+            } else {
+                Ok(m.to_owned())
+            }
+        };
+        match login {
+            Login::AppRole => {
+                let secret_id = match (&self.approle_secret_id, &self.approle_secret_id_file) {
+                    (_, Some(f)) => SecretSource::File(f.clone()),
+                    (Some(s), None) => SecretSource::Value(s.clone()),
+                    (None, None) => {
+                        return Err(invalid(
+                            "AppRole login needs APP_VAULT_APPROLE_SECRET_ID or APP_VAULT_APPROLE_SECRET_ID_FILE",
+                        ));
+                    }
+                };
+                Ok(Method::AppRole {
+                    mount: mount("APP_VAULT_APPROLE_MOUNT", &self.approle_mount)?,
+                    role_id: self.approle_role_id.clone().unwrap_or_default(),
+                    secret_id,
+                })
+            }
+            Login::Kubernetes => Ok(Method::Kubernetes {
+                mount: mount("APP_VAULT_K8S_MOUNT", &self.k8s_mount)?,
+                role: self.k8s_role.clone().unwrap_or_default(),
+                jwt_file: self.k8s_jwt_file.clone(),
+            }),
+            Login::Jwt => Ok(Method::Jwt {
+                mount: mount("APP_VAULT_JWT_MOUNT", &self.jwt_mount)?,
+                role: jwt_role,
+                jwt_file: self.jwt_file.clone().unwrap_or_default(),
+            }),
+            Login::Cert => {
+                if self.vault_client_cert.is_some() {
+                    // One TLS identity per connection: the login's certificate
+                    // is also the one every later call presents.
+                    return Err(invalid(
+                        "VAULT_CLIENT_CERT and APP_VAULT_CERT_CLIENT_CERT are both set: with cert login APP_VAULT_CERT_CLIENT_CERT/KEY are presented on every connection, unset VAULT_CLIENT_CERT/KEY",
                     ));
                 }
-            };
-            return Ok(Method::AppRole {
-                mount: self.approle_mount.clone(),
-                role_id: role_id.clone(),
-                secret_id,
-            });
+                Ok(Method::Cert {
+                    mount: mount("APP_VAULT_CERT_MOUNT", &self.cert_mount)?,
+                    role: cert_role,
+                    cert: self.cert_client_cert.clone().unwrap_or_default(),
+                    key: self.cert_client_key.clone().unwrap_or_default(),
+                })
+            }
+            Login::Userpass => {
+                let password = match (&self.userpass_password, &self.userpass_password_file) {
+                    (Some(_), Some(_)) => {
+                        return Err(invalid(
+                            "APP_VAULT_USERPASS_PASSWORD and APP_VAULT_USERPASS_PASSWORD_FILE are both set: keep one",
+                        ));
+                    }
+                    (None, Some(f)) => SecretSource::File(f.clone()),
+                    (Some(p), None) => {
+                        // clap takes the flag over the variable: a value that is
+                        // not the variable's came from the command line.
+                        if std::env::var(USERPASS_PASSWORD_ENV).ok().as_deref() != Some(p.expose())
+                        {
+                            return Err(invalid(
+                                "--userpass-password is refused on the command line (it shows in ps): set APP_VAULT_USERPASS_PASSWORD or APP_VAULT_USERPASS_PASSWORD_FILE",
+                            ));
+                        }
+                        SecretSource::Value(p.clone())
+                    }
+                    (None, None) => {
+                        return Err(invalid(
+                            "userpass login needs APP_VAULT_USERPASS_PASSWORD or APP_VAULT_USERPASS_PASSWORD_FILE",
+                        ));
+                    }
+                };
+                let username = self.userpass_username.clone().unwrap_or_default();
+                // The name is a path segment of the login request.
+                if username.contains('/') {
+                    return Err(invalid("APP_VAULT_USERPASS_USERNAME must not contain '/'"));
+                }
+                Ok(Method::Userpass {
+                    mount: mount("APP_VAULT_USERPASS_MOUNT", &self.userpass_mount)?,
+                    username,
+                    password,
+                })
+            }
         }
-        if let Some(role) = &self.k8s_role {
-            return Ok(Method::Kubernetes {
-                mount: self.k8s_mount.clone(),
-                role: role.clone(),
-                jwt_file: self.k8s_jwt_file.clone(),
-            });
-        }
-        Ok(Method::Token {
-            token: self.vault_token.clone().filter(|t| !t.is_empty()),
-            file: self.vault_token_file.clone(),
-        })
     }
 
     pub(crate) fn connection(&self) -> Result<Connection> {
@@ -155,29 +338,12 @@ impl Config {
                 Error::invalid_argument("VAULT_ADDR must be an http:// or https:// url")
             })?;
         let identity = match (&self.vault_client_cert, &self.vault_client_key) {
-            (Some(cert), Some(key)) => {
-                let mut pem = std::fs::read(cert).map_err(|e| {
-                    Error::invalid_argument(format!(
-                        "cannot read VAULT_CLIENT_CERT {}",
-                        cert.display()
-                    ))
-                    .with_source(e)
-                })?;
-                pem.push(b'\n');
-                pem.extend(std::fs::read(key).map_err(|e| {
-                    Error::invalid_argument(format!(
-                        "cannot read VAULT_CLIENT_KEY {}",
-                        key.display()
-                    ))
-                    .with_source(e)
-                })?);
-                Some(vaultrs::client::Identity::from_pem(&pem).map_err(|e| {
-                    Error::invalid_argument(
-                        "VAULT_CLIENT_CERT/VAULT_CLIENT_KEY are not a PEM certificate and key",
-                    )
-                    .with_source(e)
-                })?)
-            }
+            (Some(cert), Some(key)) => Some(load_identity(
+                cert,
+                key,
+                "VAULT_CLIENT_CERT",
+                "VAULT_CLIENT_KEY",
+            )?),
             _ => None,
         };
         Ok(Connection {
@@ -192,6 +358,32 @@ impl Config {
             timeout: self.vault_timeout,
         })
     }
+}
+
+/// The login methods other than a token, as selected by the settings.
+#[derive(Clone, Copy)]
+enum Login {
+    AppRole,
+    Kubernetes,
+    Jwt,
+    Cert,
+    Userpass,
+}
+
+impl Login {
+    fn name(self) -> &'static str {
+        match self {
+            Login::AppRole => "AppRole",
+            Login::Kubernetes => "Kubernetes",
+            Login::Jwt => "JWT",
+            Login::Cert => "cert",
+            Login::Userpass => "userpass",
+        }
+    }
+}
+
+fn invalid(message: impl Into<String>) -> Error {
+    Error::invalid_argument(message)
 }
 
 #[cfg(test)]
@@ -235,6 +427,148 @@ mod tests {
         let c = parse(&["--approle-role-id", "r"]);
         let err = c.method().expect_err("needs a secret id");
         assert_eq!(err.kind(), shared::ErrorKind::InvalidArgument);
+    }
+
+    /// The configuration error of `args`, which must not carry `secret`.
+    fn method_error(args: &[&str], secret: &str) -> String {
+        let err = parse(args).method().expect_err("a configuration error");
+        assert_eq!(err.kind(), shared::ErrorKind::InvalidArgument);
+        let message = err.detail();
+        assert!(!message.contains(secret) || secret.is_empty(), "{message}");
+        message
+    }
+
+    #[test]
+    fn each_login_method_is_selected_by_its_own_setting_with_its_default_mount() {
+        let m = parse(&["--jwt-file", "/jwt", "--jwt-role", "r"])
+            .method()
+            .ok();
+        assert!(
+            matches!(&m, Some(Method::Jwt { mount, role: Some(r), .. }) if mount == "jwt" && r == "r"),
+            "{m:?}"
+        );
+        let m = parse(&["--cert-client-cert", "/c", "--cert-client-key", "/k"])
+            .method()
+            .ok();
+        assert!(
+            matches!(&m, Some(Method::Cert { mount, role: None, .. }) if mount == "cert"),
+            "{m:?}"
+        );
+        let m = parse(&[
+            "--userpass-username",
+            "dev",
+            "--userpass-password-file",
+            "/pw",
+            "--userpass-mount",
+            "/up/",
+        ])
+        .method()
+        .ok();
+        assert!(
+            matches!(&m, Some(Method::Userpass { mount, username, password: SecretSource::File(_) }) if mount == "up" && username == "dev"),
+            "{m:?}"
+        );
+        assert!(matches!(parse(&[]).method(), Ok(Method::Token { .. })));
+    }
+
+    #[test]
+    fn a_login_setting_without_the_one_that_enables_it_names_both_variables() {
+        for (args, expected) in [
+            (
+                &["--jwt-role", "r"][..],
+                "APP_VAULT_JWT_ROLE needs APP_VAULT_JWT_FILE",
+            ),
+            (
+                &["--cert-client-cert", "/c"][..],
+                "APP_VAULT_CERT_CLIENT_CERT needs APP_VAULT_CERT_CLIENT_KEY",
+            ),
+            (
+                &["--cert-client-key", "/k"][..],
+                "APP_VAULT_CERT_CLIENT_KEY needs APP_VAULT_CERT_CLIENT_CERT",
+            ),
+            (&["--cert-role", "web"][..], "APP_VAULT_CERT_ROLE needs"),
+            (
+                &["--userpass-password-file", "/pw"][..],
+                "needs APP_VAULT_USERPASS_USERNAME",
+            ),
+            (
+                &["--approle-secret-id-file", "/s"][..],
+                "needs APP_VAULT_APPROLE_ROLE_ID",
+            ),
+            (
+                &["--userpass-username", "dev"][..],
+                "userpass login needs APP_VAULT_USERPASS_PASSWORD or APP_VAULT_USERPASS_PASSWORD_FILE",
+            ),
+            (
+                &["--jwt-file", "/jwt", "--jwt-mount", "/"][..],
+                "APP_VAULT_JWT_MOUNT must not be empty",
+            ),
+        ] {
+            let message = method_error(args, "");
+            assert!(message.contains(expected), "{args:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn two_login_methods_or_a_token_with_one_are_refused() {
+        let message = method_error(
+            &[
+                "--approle-role-id",
+                "r",
+                "--approle-secret-id",
+                "secret-id-value",
+                "--jwt-file",
+                "/jwt",
+            ],
+            "secret-id-value",
+        );
+        assert!(
+            message.contains("APP_VAULT_APPROLE_ROLE_ID, APP_VAULT_JWT_FILE"),
+            "{message}"
+        );
+        let message = method_error(
+            &["--vault-token", "hvs.token-value", "--jwt-file", "/jwt"],
+            "hvs.token-value",
+        );
+        assert!(
+            message.contains("VAULT_TOKEN/VAULT_TOKEN_FILE and the JWT login (APP_VAULT_JWT_FILE)"),
+            "{message}"
+        );
+        let message = method_error(
+            &[
+                "--cert-client-cert",
+                "/c",
+                "--cert-client-key",
+                "/k",
+                "--vault-client-cert",
+                "/c2",
+                "--vault-client-key",
+                "/k2",
+            ],
+            "",
+        );
+        assert!(message.contains("unset VAULT_CLIENT_CERT/KEY"), "{message}");
+    }
+
+    #[test]
+    fn userpass_password_on_the_command_line_is_refused_without_echoing_it() {
+        let message = method_error(
+            &[
+                "--userpass-username",
+                "dev",
+                "--userpass-password",
+                "pw-on-the-command-line",
+            ],
+            "pw-on-the-command-line",
+        );
+        assert!(message.contains("APP_VAULT_USERPASS_PASSWORD"), "{message}");
+        let c = parse(&[
+            "--userpass-username",
+            "dev",
+            "--userpass-password",
+            "pw-on-the-command-line",
+        ]);
+        assert!(!format!("{c:?}").contains("pw-on-the-command-line"));
     }
 
     #[test]

@@ -94,7 +94,7 @@ pub type StoreResult<T> = std::result::Result<T, Failure>;
 /// an API error (JSON `errors` body) or, when the body is something else
 /// (for example the 404 of a deleted KV v2 version, whose body carries
 /// metadata), as a REST client error.
-fn status_of(e: &ClientError) -> Option<u16> {
+pub(crate) fn status_of(e: &ClientError) -> Option<u16> {
     match e {
         ClientError::APIError { code, .. } => Some(*code),
         ClientError::RestClientError {

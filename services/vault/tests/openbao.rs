@@ -15,6 +15,10 @@ use support::{BackendProcess, Bao, ROOT_TOKEN, path_str};
 use testkit::{assert_clean, conformance};
 use tonic::Code;
 
+/// Every log line, the SDK's own included (naming vaultrs and rustify keeps
+/// them in the capture: they are silenced unless named).
+const TRACE_ALL: &str = "trace,vaultrs=trace,rustify=trace";
+
 fn root_env(bao: &Bao) -> Vec<(&'static str, String)> {
     vec![
         ("VAULT_ADDR", bao.addr()),
@@ -75,6 +79,108 @@ async fn delete(b: &BackendProcess, id: &str) -> Result<(), tonic::Status> {
         })
         .await
         .map(|_| ())
+}
+
+async fn lock(b: &BackendProcess, id: &str, owner: &str) -> Result<(), tonic::Status> {
+    b.client()
+        .await
+        .on_lock(pb::OnLockRequest {
+            type_instance_id: id.into(),
+            context: Bytes::new(),
+            locked_by: owner.into(),
+        })
+        .await
+        .map(|_| ())
+}
+
+async fn locked_by(b: &BackendProcess, id: &str) -> Result<Option<String>, tonic::Status> {
+    b.client()
+        .await
+        .get_locked_by(pb::GetLockedByRequest {
+            type_instance_id: id.into(),
+            context: Bytes::new(),
+        })
+        .await
+        .map(|r| r.into_inner().locked_by)
+}
+
+/// Create, get, update, get, lock and read the lock of `id`: the smoke set
+/// of calls a login method must carry.
+async fn smoke(b: &BackendProcess, id: &str) {
+    let fail = |what: &str, s: tonic::Status| -> ! {
+        panic!("{what} {id}: {s:?}\n{}", b.logs());
+    };
+    create(b, id, b"1")
+        .await
+        .unwrap_or_else(|s| fail("create", s));
+    assert_eq!(get(b, id, 1).await.unwrap_or_else(|s| fail("get", s)), b"1");
+    update(b, id, 2, b"2")
+        .await
+        .unwrap_or_else(|s| fail("update", s));
+    assert_eq!(get(b, id, 2).await.unwrap_or_else(|s| fail("get", s)), b"2");
+    lock(b, id, "owner-a")
+        .await
+        .unwrap_or_else(|s| fail("lock", s));
+    assert_eq!(
+        locked_by(b, id)
+            .await
+            .unwrap_or_else(|s| fail("get locked by", s))
+            .as_deref(),
+        Some("owner-a")
+    );
+}
+
+/// Creates `id`, then updates it every 500 ms for `length`: with tokens
+/// shorter than that, every update after the first TTL needs a new login.
+async fn keep_updating(b: &BackendProcess, id: &str, length: Duration) {
+    create(b, id, b"1")
+        .await
+        .unwrap_or_else(|s| panic!("create {id}: {s:?}\n{}", b.logs()));
+    let start = Instant::now();
+    let mut rev = 1;
+    while start.elapsed() < length {
+        rev += 1;
+        update(b, id, rev, rev.to_string().as_bytes())
+            .await
+            .unwrap_or_else(|s| {
+                panic!(
+                    "update {rev} after {:?}: {s:?}\n{}",
+                    start.elapsed(),
+                    b.logs()
+                )
+            });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        get(b, id, rev).await.expect("get the last revision"),
+        rev.to_string().as_bytes()
+    );
+}
+
+/// How many logins the backend's log shows (it needs `vault=debug`).
+fn logins(b: &BackendProcess) -> usize {
+    b.logs().matches("logged in to vault").count()
+}
+
+/// A policy `capact` allowing everything the backend does on `mount`.
+fn write_capact_policy(bao: &Bao, mount: &str) {
+    bao.cli_input(
+        &["policy", "write", "capact", "-"],
+        Some(&format!(
+            r#"path "{mount}/*" {{ capabilities = ["create", "read", "update", "delete", "list"] }}"#
+        )),
+    )
+    .expect("policy write");
+}
+
+/// The base64 body of a PEM file (its key material), one line per entry.
+fn pem_body_lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .expect("read pem")
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 16)
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A vaultrs client with the root token, to read and write behind the
@@ -276,8 +382,7 @@ async fn trace_logs_contain_neither_the_token_nor_a_value() {
     let bao = Bao::start();
     let token = bao.must(&["token", "create", "-policy=root", "-field=token"]);
     let mut env = vec![("VAULT_ADDR", bao.addr()), ("VAULT_TOKEN", token.clone())];
-    // Naming vaultrs keeps the SDK's own logs in the capture too.
-    env.push(("APP_LOG_LEVEL", "trace,vaultrs=trace".into()));
+    env.push(("APP_LOG_LEVEL", TRACE_ALL.into()));
     let backend = start_backend(&env).serving().await;
     let value = b"value-that-must-not-be-logged-91c2";
     create(&backend, "logged-1", value).await.expect("create");
@@ -615,5 +720,251 @@ async fn two_backends_racing_on_one_openbao_never_violate_the_fence() {
     let bao = Bao::start();
     let a = start_backend(&root_env(&bao)).serving().await;
     let b = start_backend(&root_env(&bao)).serving().await;
+    testkit::assert_races_clean(&a.url, &b.url, 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jwt_login_with_a_rotating_token_file_passes_the_suite() {
+    let bao = Bao::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path();
+    support::make_rsa_key(keys, "first");
+    support::make_rsa_key(keys, "second");
+    bao.must(&["auth", "enable", "jwt"]);
+    let trust_only = |key: &str| {
+        let public = keys.join(format!("{key}.pub"));
+        bao.must(&[
+            "write",
+            "auth/jwt/config",
+            &format!("jwt_validation_pubkeys=@{}", path_str(&public)),
+        ]);
+    };
+    trust_only("first");
+    write_capact_policy(&bao, "secret");
+    // Tokens that cannot outlive 3 s: the backend must log in again, often.
+    bao.must(&[
+        "write",
+        "auth/jwt/role/capact",
+        "role_type=jwt",
+        "bound_audiences=capact-storage",
+        "user_claim=sub",
+        "token_policies=capact",
+        "token_ttl=3s",
+        "token_max_ttl=3s",
+    ]);
+    let first = support::sign_jwt(keys, "first", &support::jwt_claims("first"));
+    let file = keys.join("jwt");
+    std::fs::write(&file, &first).expect("write the jwt");
+
+    let backend = start_backend(&[
+        ("VAULT_ADDR", bao.addr()),
+        ("APP_VAULT_JWT_ROLE", "capact".into()),
+        ("APP_VAULT_JWT_FILE", path_str(&file).to_owned()),
+        ("APP_LOG_LEVEL", "info,vault=debug".into()),
+    ])
+    .serving()
+    .await;
+    smoke(&backend, "jwt-smoke").await;
+
+    // The issuer rotates: a new JWT signed with a new key replaces the
+    // file, and OpenBao trusts only the new key. The first JWT cannot log
+    // in any more, and its tokens expire within 3 s: every update after
+    // that works only because a login read the file again.
+    let second = support::sign_jwt(keys, "second", &support::jwt_claims("second"));
+    support::replace_file(&file, &second);
+    trust_only("second");
+    let before = logins(&backend);
+    keep_updating(&backend, "jwt-rotation", Duration::from_secs(7)).await;
+    let after = logins(&backend);
+    assert!(
+        after >= before + 2,
+        "{} logins in 7 s after the rotation with 3 s tokens",
+        after - before
+    );
+
+    assert_clean(&conformance(&backend.url).await, 40);
+    let logs = backend.logs();
+    for (what, jwt) in [("first", &first), ("second", &second)] {
+        let signature = jwt.rsplit('.').next().unwrap_or_default();
+        assert!(
+            !logs.contains(jwt.as_str()) && !logs.contains(signature),
+            "the {what} JWT appears in the logs"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cert_login_presents_the_client_certificate_and_logs_in_again_on_expiry() {
+    // `-dev-tls` listeners ask for (and do not require) a client certificate.
+    let bao = Bao::start_tls();
+    let dev_ca = bao.ca_cert().expect("tls dev server writes a CA");
+    let dir = tempfile::tempdir().expect("tempdir");
+    support::make_certs(dir.path());
+    let (ca, cert, key) = (
+        dir.path().join("ca.crt"),
+        dir.path().join("client.crt"),
+        dir.path().join("client.key"),
+    );
+    bao.must(&["auth", "enable", "cert"]);
+    write_capact_policy(&bao, "secret");
+    bao.must(&[
+        "write",
+        "auth/cert/certs/capact",
+        &format!("certificate=@{}", path_str(&ca)),
+        "token_policies=capact",
+        "token_ttl=3s",
+        "token_max_ttl=3s",
+    ]);
+    let env = |role: Option<&str>| {
+        let mut env = vec![
+            ("VAULT_ADDR", bao.addr()),
+            ("VAULT_CACERT", path_str(&dev_ca).to_owned()),
+            ("APP_VAULT_CERT_CLIENT_CERT", path_str(&cert).to_owned()),
+            ("APP_VAULT_CERT_CLIENT_KEY", path_str(&key).to_owned()),
+            ("APP_LOG_LEVEL", TRACE_ALL.into()),
+        ];
+        if let Some(role) = role {
+            env.push(("APP_VAULT_CERT_ROLE", role.to_owned()));
+        }
+        env
+    };
+
+    // A role that does not exist is refused: the role's name reaches
+    // OpenBao (vaultrs' own cert login sends it under a name OpenBao ignores).
+    let mut wrong = start_backend(&env(Some("no-such-role")));
+    let (code, log) = wrong.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(2), "{log}");
+    assert!(
+        log.contains("vault refused the cert login at auth/cert"),
+        "{log}"
+    );
+
+    let backend = start_backend(&env(Some("capact"))).serving().await;
+    smoke(&backend, "cert-smoke").await;
+    keep_updating(&backend, "cert-expiry", Duration::from_secs(5)).await;
+    assert!(logins(&backend) >= 2, "{}", backend.logs());
+    // Without a role OpenBao picks the one whose CA matches.
+    let any_role = start_backend(&env(None)).serving().await;
+    create(&any_role, "cert-any-role", b"x")
+        .await
+        .unwrap_or_else(|s| panic!("create: {s:?}\n{}", any_role.logs()));
+
+    let logs = backend.logs() + &any_role.logs();
+    // The capture covers the login requests themselves.
+    assert!(logs.contains("auth/cert/login"), "{logs}");
+    for line in pem_body_lines(&key) {
+        assert!(
+            !logs.contains(&line),
+            "client key material appears in the logs"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn userpass_login_reads_the_password_file_and_logs_in_again_on_expiry() {
+    let bao = Bao::start();
+    bao.must(&["auth", "enable", "userpass"]);
+    write_capact_policy(&bao, "secret");
+    let password = "pw-that-must-not-be-logged-5d1e";
+    bao.must(&[
+        "write",
+        "auth/userpass/users/capact-dev",
+        &format!("password={password}"),
+        "token_policies=capact",
+        "token_ttl=3s",
+        "token_max_ttl=3s",
+    ]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("password");
+    std::fs::write(&file, format!("{password}\n")).expect("write the password");
+
+    let backend = start_backend(&[
+        ("VAULT_ADDR", bao.addr()),
+        ("APP_VAULT_USERPASS_USERNAME", "capact-dev".into()),
+        (
+            "APP_VAULT_USERPASS_PASSWORD_FILE",
+            path_str(&file).to_owned(),
+        ),
+        ("APP_LOG_LEVEL", TRACE_ALL.into()),
+    ])
+    .serving()
+    .await;
+    smoke(&backend, "userpass-smoke").await;
+    keep_updating(&backend, "userpass-expiry", Duration::from_secs(5)).await;
+    assert!(logins(&backend) >= 2, "{}", backend.logs());
+
+    // The password may also come from the (secret) environment variable.
+    let from_env = start_backend(&[
+        ("VAULT_ADDR", bao.addr()),
+        ("APP_VAULT_USERPASS_USERNAME", "capact-dev".into()),
+        ("APP_VAULT_USERPASS_PASSWORD", password.into()),
+        ("APP_LOG_LEVEL", TRACE_ALL.into()),
+    ])
+    .serving()
+    .await;
+    create(&from_env, "userpass-env", b"x")
+        .await
+        .unwrap_or_else(|s| panic!("create: {s:?}\n{}", from_env.logs()));
+
+    let logs = backend.logs() + &from_env.logs();
+    // The capture covers the login requests themselves.
+    assert!(logs.contains("auth/userpass/login/capact-dev"), "{logs}");
+    assert!(!logs.contains(password), "the password appears in the logs");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn incomplete_or_conflicting_login_settings_stop_the_backend_at_start_naming_the_variables() {
+    let (password, token) = ("pw-in-a-bad-config-77a0", "hvs.token-in-a-bad-config");
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (
+            &[("APP_VAULT_JWT_ROLE", "capact")],
+            "APP_VAULT_JWT_ROLE needs APP_VAULT_JWT_FILE",
+        ),
+        (
+            &[
+                ("APP_VAULT_APPROLE_ROLE_ID", "role"),
+                ("APP_VAULT_APPROLE_SECRET_ID", password),
+                ("APP_VAULT_USERPASS_USERNAME", "dev"),
+                ("APP_VAULT_USERPASS_PASSWORD", password),
+            ],
+            "more than one vault login method is configured (APP_VAULT_APPROLE_ROLE_ID, APP_VAULT_USERPASS_USERNAME)",
+        ),
+        (
+            &[
+                ("VAULT_TOKEN", token),
+                ("APP_VAULT_CERT_CLIENT_CERT", "/nonexistent/client.crt"),
+                ("APP_VAULT_CERT_CLIENT_KEY", "/nonexistent/client.key"),
+            ],
+            "VAULT_TOKEN/VAULT_TOKEN_FILE and the cert login (APP_VAULT_CERT_CLIENT_CERT) are both set",
+        ),
+    ];
+    for (env, expected) in cases {
+        // No OpenBao: the settings are refused before any connection.
+        let mut backend = support::start_backend(env);
+        let (code, log) = backend.wait_exit(Duration::from_secs(30));
+        assert_eq!(code, Some(2), "{env:?}: {log}");
+        assert!(log.contains(expected), "{env:?}: {log}");
+        assert!(!log.contains(password) && !log.contains(token), "{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kv2_mount_with_cas_required_passes_the_conformance_suite_and_the_races() {
+    let bao = Bao::start();
+    bao.must(&["secrets", "enable", "-path=casreq", "-version=2", "kv"]);
+    bao.must(&["write", "casreq/config", "cas_required=true"]);
+    // The setting is in force: a write without cas is refused.
+    let unconditional = bao.cli(&["kv", "put", "casreq/probe", "a=1"]);
+    assert!(
+        unconditional
+            .as_ref()
+            .is_err_and(|e| e.contains("check-and-set")),
+        "{unconditional:?}"
+    );
+    let mut env = root_env(&bao);
+    env.push(("APP_VAULT_MOUNT", "casreq".into()));
+    let a = start_backend(&env).serving().await;
+    let b = start_backend(&env).serving().await;
+    assert_clean(&conformance(&a.url).await, 40);
     testkit::assert_races_clean(&a.url, &b.url, 200).await;
 }

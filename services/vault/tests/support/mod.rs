@@ -401,3 +401,85 @@ disable_mlock = true
             .unwrap_or_else(|e| panic!("bao {args:?} failed: {e}"))
     }
 }
+
+/// A fresh RSA key pair in `dir`: `<name>.key` (private, PEM) and
+/// `<name>.pub` (public, PEM), for signing test JWTs.
+pub fn make_rsa_key(dir: &Path, name: &str) {
+    let (key, public) = (format!("{name}.key"), format!("{name}.pub"));
+    openssl(
+        dir,
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            &key,
+        ],
+    );
+    openssl(dir, &["pkey", "-in", &key, "-pubout", "-out", &public]);
+}
+
+fn base64url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// An RS256 JWT with `claims`, signed with `<dir>/<key>.key` by the
+/// `openssl` CLI (the workspace has no JWT crate; RS256 signatures need no
+/// conversion, unlike ES256's DER).
+pub fn sign_jwt(dir: &Path, key: &str, claims: &serde_json::Value) -> String {
+    use std::io::Write;
+    let header = base64url(br#"{"alg":"RS256","typ":"JWT"}"#);
+    let payload = base64url(claims.to_string().as_bytes());
+    let signing_input = format!("{header}.{payload}");
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(dir.join(format!("{key}.key")))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run openssl dgst");
+    child
+        .stdin
+        .take()
+        .expect("openssl stdin")
+        .write_all(signing_input.as_bytes())
+        .expect("write the signing input");
+    let out = child.wait_with_output().expect("openssl dgst output");
+    assert!(
+        out.status.success(),
+        "openssl dgst failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!("{signing_input}.{}", base64url(&out.stdout))
+}
+
+/// Claims OpenBao's `jwt` role of the tests accepts: audience
+/// `capact-storage`, subject `capact-backend`, valid for an hour.
+pub fn jwt_claims(id: &str) -> serde_json::Value {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    serde_json::json!({
+        "iss": "https://issuer.test",
+        "sub": "capact-backend",
+        "aud": "capact-storage",
+        "iat": now - 5,
+        "nbf": now - 5,
+        "exp": now + 3600,
+        // Makes every token distinct, so a log check can name each one.
+        "jti": id,
+    })
+}
+
+/// Replaces `path` by rename, as a kubelet or Vault Agent does, so that a
+/// reader never sees half a file.
+pub fn replace_file(path: &Path, content: &str) {
+    let aside = path.with_extension("new");
+    std::fs::write(&aside, content).expect("write the new file");
+    std::fs::rename(&aside, path).expect("replace the file");
+}
