@@ -52,6 +52,8 @@ struct Core {
     flux_dir: Option<String>,
     /// Held for the process lifetime: the clone is ours alone.
     _data_dir: DataDirLock,
+    /// Retention (APP_MAX_REVISIONS); `None` keeps every revision.
+    max_revisions: Option<u32>,
 }
 
 /// The published context schema: where to render the Flux Secret.
@@ -113,8 +115,17 @@ impl SopsGit {
                 prefix,
                 flux_dir,
                 _data_dir: data_dir,
+                max_revisions: None,
             }),
         }
+    }
+
+    /// Keeps only the newest `keep` revisions of each TypeInstance.
+    pub fn with_max_revisions(mut self, keep: Option<u32>) -> Self {
+        if let Some(core) = Arc::get_mut(&mut self.core) {
+            core.max_revisions = keep;
+        }
+        self
     }
 
     /// Runs blocking Git work off the async executor, recorded as a store
@@ -367,7 +378,10 @@ impl Core {
     ) -> Result<()> {
         let doc = self.encrypt(value)?;
         let r = rev.get();
-        self.store.write(ab, |snap| {
+        // Set by the attempt that commits (a retried attempt overwrites it).
+        let pruned_now = std::sync::atomic::AtomicU64::new(0);
+        let written = self.store.write(ab, |snap| {
+            pruned_now.store(0, std::sync::atomic::Ordering::Relaxed);
             let state = self.state(snap, id)?;
             let stored = if state.revisions.contains(&r) {
                 self.value(snap, id, r)?
@@ -388,11 +402,27 @@ impl Core {
             }
             let mut changes = self.put_revision(id, r, doc.clone());
             changes.extend(self.secret_change(snap, id, secret, value)?);
+            // Retention: the revisions this one makes too old go in the
+            // same commit, so the pruning is exactly as atomic as the write.
+            let floor = self.max_revisions.map_or(0, |keep| r.saturating_sub(keep));
+            let pruned: Vec<u32> = state
+                .revisions
+                .iter()
+                .copied()
+                .filter(|old| *old <= floor)
+                .collect();
+            pruned_now.store(pruned.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            changes.extend(pruned.into_iter().map(|old| Change::Delete {
+                path: self.revision_path(id, old),
+            }));
             Ok(Some(Edit {
                 message: format!("update type instance {id} revision {rev}"),
                 changes,
             }))
-        })
+        });
+        written?;
+        shared::metrics::revisions_pruned(pruned_now.load(std::sync::atomic::Ordering::Relaxed));
+        Ok(())
     }
 
     fn delete(&self, ab: &Abandoned, id: &TypeInstanceId, owner: Option<&Owner>) -> Result<()> {

@@ -109,6 +109,12 @@ pub struct Config {
     #[arg(long, env = "APP_GIT_SSH_INSECURE_SKIP_HOST_KEY_CHECK", default_value_t = false, action = clap::ArgAction::Set)]
     pub git_ssh_insecure_skip_host_key_check: bool,
 
+    /// Keep only the newest N revisions of each TypeInstance: the update
+    /// that makes older ones too old removes them in its own commit, and
+    /// they answer NOT_FOUND. 0 keeps every revision.
+    #[arg(long, env = "APP_MAX_REVISIONS", default_value_t = 0)]
+    pub max_revisions: u32,
+
     /// Local state: the working clone, and the default remote and age key.
     #[arg(long, env = "APP_DATA_DIR", default_value = "./sops-git-data")]
     pub data_dir: PathBuf,
@@ -201,7 +207,8 @@ pub fn build(config: Config) -> Result<SopsGit> {
         &config.git_prefix,
         flux_dir.as_deref(),
         data_dir_lock,
-    ))
+    )
+    .with_max_revisions((config.max_revisions > 0).then_some(config.max_revisions)))
 }
 
 /// libgit2 waits forever on a remote that accepts a connection and never

@@ -17,6 +17,32 @@ async fn conformance_suite_passes_over_a_file_remote() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn retention_keeps_the_newest_revisions_and_removes_the_rest_from_the_tree() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let remote = bare_repo(dir.path(), "remote.git");
+    let backend = start_backend(
+        &dir.path().join("data"),
+        &[("APP_GIT_REMOTE", &remote), ("APP_MAX_REVISIONS", "3")],
+    )
+    .await;
+    testkit::assert_retention(&backend.url, 3, None).await;
+    // The pruned files left the tree with the update that made them too
+    // old: the remote's history shows the deletions in those commits.
+    let log = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(dir.path().join("remote.git"))
+        .args(["log", "--all", "--name-status", "--format=%s"])
+        .output()
+        .expect("git log");
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with('D') && l.contains("/1.sops.yaml")),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn registration_manifests_match_the_running_backend() {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = start_backend(&dir.path().join("data"), &[]).await;
