@@ -331,7 +331,7 @@ async fn admin_lists_locks_and_force_unlocks_by_compare_and_set() {
     let moto = Moto::start();
     let admin = format!("127.0.0.1:{}", testkit::free_port());
     let backend = start_backend(&moto, &[("APP_ADMIN_ADDR", &admin)]).await;
-    testkit::assert_admin(&backend.url, &format!("http://{admin}"), None).await;
+    testkit::assert_admin(&backend.url, &format!("http://{admin}"), None, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -704,7 +704,7 @@ async fn admin_lists_locks_and_force_unlocks_by_compare_and_set(cluster: &Cluste
         &[("APP_K8S_NAMESPACE", &ns), ("APP_ADMIN_ADDR", &admin)],
     ))
     .await;
-    testkit::assert_admin(&b.url, &format!("http://{admin}"), None).await;
+    testkit::assert_admin(&b.url, &format!("http://{admin}"), None, true).await;
 }
 
 async fn api_server_restart_is_unavailable_then_recovers(cluster: &mut Cluster) {

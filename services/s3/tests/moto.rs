@@ -176,7 +176,7 @@ async fn admin_lists_locks_and_force_unlocks_by_compare_and_set() {
     let backend = start_backend(&backend_env(&moto, "admin", &[("APP_ADMIN_ADDR", &admin)]))
         .serving()
         .await;
-    testkit::assert_admin(&backend.url, &format!("http://{admin}"), None).await;
+    testkit::assert_admin(&backend.url, &format!("http://{admin}"), None, true).await;
 }
 
 /// Two processes on one bucket share nothing but S3: every fence holds

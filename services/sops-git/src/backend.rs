@@ -19,7 +19,7 @@ use std::{sync::Arc, time::SystemTime};
 use async_trait::async_trait;
 use serde_json::{Value as Json, json};
 use shared::{
-    Backend, Context, Describe, Error, Owner, Result, Revision, TypeInstanceId, Value,
+    Backend, Context, Describe, Error, LockInfo, Owner, Result, Revision, TypeInstanceId, Value,
     ValueBackend, engine::rules, metrics::store_call,
 };
 
@@ -539,6 +539,49 @@ impl Core {
         })
     }
 
+    /// Every held lock: one read of the tree (admin only). sops-git records
+    /// no lock time.
+    fn list_locks(&self, ab: &Abandoned) -> Result<Vec<LockInfo>> {
+        self.store.read(ab, |snap| {
+            let mut out = Vec::new();
+            for name in snap.list(&self.prefix)? {
+                let raw = name.strip_prefix('%').unwrap_or(&name);
+                let Ok(id) = TypeInstanceId::parse(raw) else {
+                    continue;
+                };
+                if dir_name(&id) != name {
+                    continue;
+                }
+                if let Ok(State {
+                    lock: Some(owner), ..
+                }) = self.state(snap, &id)
+                {
+                    out.push(LockInfo {
+                        id,
+                        owner,
+                        locked_at: None,
+                    });
+                }
+            }
+            out.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+            Ok(out)
+        })
+    }
+
+    /// Clears the lock in one commit, only while `expected` holds it.
+    fn force_unlock(&self, ab: &Abandoned, id: &TypeInstanceId, expected: &Owner) -> Result<()> {
+        self.store.write(ab, |snap| {
+            let state = self.state(snap, id)?;
+            rules::force_unlock_step(id, state.lock.as_deref(), expected)?;
+            Ok(Some(Edit {
+                message: format!("force-unlock type instance {id} held by {expected}"),
+                changes: vec![Change::Delete {
+                    path: format!("{}/{LOCK}", self.dir(id)),
+                }],
+            }))
+        })
+    }
+
     /// The clone (and a local remote) can be written, the remote answers,
     /// and our identity opens what we encrypt.
     fn probe(&self) -> Result<()> {
@@ -607,6 +650,18 @@ impl Backend for SopsGit {
     async fn unlock(&self, id: &TypeInstanceId, _: &Context) -> Result<()> {
         let id = id.clone();
         self.run("unlock", move |c, ab| c.unlock(ab, &id)).await
+    }
+
+    async fn list_locks(&self) -> Result<Vec<LockInfo>> {
+        self.run("list_locks", |c, ab| c.list_locks(ab)).await
+    }
+
+    async fn force_unlock(&self, id: &TypeInstanceId, expected: &Owner) -> Result<()> {
+        let (id, expected) = (id.clone(), expected.clone());
+        self.run("force_unlock", move |c, ab| {
+            c.force_unlock(ab, &id, &expected)
+        })
+        .await
     }
 }
 

@@ -444,3 +444,12 @@ async fn two_backends_racing_on_one_remote_never_violate_the_fence() {
     let b = start_backend(&dir.path().join("b"), &env).await;
     testkit::assert_races_clean(&a.url, &b.url, 200).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_lists_locks_and_force_unlocks_by_compare_and_set() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin = format!("127.0.0.1:{}", testkit::free_port());
+    let backend = start_backend(&dir.path().join("data"), &[("APP_ADMIN_ADDR", &admin)]).await;
+    // sops-git keeps no lock time.
+    testkit::assert_admin(&backend.url, &format!("http://{admin}"), None, false).await;
+}

@@ -712,7 +712,7 @@ async fn admin_lists_locks_and_force_unlocks_by_compare_and_set() {
     let mut env = root_env(&bao);
     env.push(("APP_ADMIN_ADDR", admin.clone()));
     let backend = start_backend(&env).serving().await;
-    testkit::assert_admin(&backend.url, &format!("http://{admin}"), None).await;
+    testkit::assert_admin(&backend.url, &format!("http://{admin}"), None, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

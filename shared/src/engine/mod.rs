@@ -868,19 +868,7 @@ impl<S: HeadStore> Backend for Engine<S> {
         for attempt in self.attempts() {
             self.backoff(attempt).await;
             let (h, tag) = self.live(id, None, true).await?;
-            match h.lock.as_deref() {
-                Some(holder) if holder == expected.as_str() => {}
-                Some(holder) => {
-                    return Err(Error::failed_precondition(format!(
-                        "type instance {id} is locked by {holder}, not by {expected}: nothing changed"
-                    )));
-                }
-                None => {
-                    return Err(Error::failed_precondition(format!(
-                        "type instance {id} is not locked: nothing changed"
-                    )));
-                }
-            }
+            rules::force_unlock_step(id, h.lock.as_deref(), expected)?;
             let next = Head {
                 lock: None,
                 locked_at: None,

@@ -38,6 +38,25 @@ pub fn locked_by(id: &TypeInstanceId, holder: &str) -> Error {
     Error::failed_precondition(format!("type instance {id} is locked by {holder}"))
 }
 
+/// The admin service's force-unlock as a compare-and-set on the holder:
+/// `Ok(())` when `expected` holds the lock, else FAILED_PRECONDITION saying
+/// who does (or that nobody does) and that nothing changed.
+pub fn force_unlock_step(
+    id: &TypeInstanceId,
+    holder: Option<&str>,
+    expected: &Owner,
+) -> Result<(), Error> {
+    match holder {
+        Some(h) if h == expected.as_str() => Ok(()),
+        Some(h) => Err(Error::failed_precondition(format!(
+            "type instance {id} is locked by {h}, not by {expected}: nothing changed"
+        ))),
+        None => Err(Error::failed_precondition(format!(
+            "type instance {id} is not locked: nothing changed"
+        ))),
+    }
+}
+
 /// ABORTED: the store kept changing under us; the caller may retry.
 pub fn contended(id: &TypeInstanceId) -> Error {
     Error::aborted(format!(

@@ -20,7 +20,7 @@ fn storagectl(url: &str, args: &[&str]) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_admin_service_lists_locks_and_force_unlocks_by_compare_and_set() {
     let backend = MemoryBackend::start().await;
-    testkit::assert_admin(&backend.url, &backend.admin_url, None).await;
+    testkit::assert_admin(&backend.url, &backend.admin_url, None, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -117,7 +117,8 @@ pub async fn assert_retention(url: &str, keep: u32, context: Option<&[u8]>) {
 /// compare-and-set on the holder (a stale expected owner changes nothing,
 /// two racing force-unlocks have one winner, and one that races a new
 /// lock never clears it).
-pub async fn assert_admin(url: &str, admin_url: &str, context: Option<&[u8]>) {
+/// `lock_time`: whether the store records when a lock was taken.
+pub async fn assert_admin(url: &str, admin_url: &str, context: Option<&[u8]>, lock_time: bool) {
     use shared::{
         client::{Client, Connect, Timeouts},
         proto::admin::{
@@ -161,11 +162,13 @@ pub async fn assert_admin(url: &str, admin_url: &str, context: Option<&[u8]>) {
     assert_eq!(mine.len(), 1, "{locks:?}");
     assert_eq!(mine[0].type_instance_id, locked);
     assert_eq!(mine[0].owner, "owner-a");
-    let at = mine[0].locked_at_unix_ms.expect("lock time recorded");
-    assert!(
-        at + 5_000 >= before && at <= before + 60_000,
-        "lock time {at} vs {before}"
-    );
+    match mine[0].locked_at_unix_ms {
+        Some(at) => assert!(
+            at + 5_000 >= before && at <= before + 60_000,
+            "lock time {at} vs {before}"
+        ),
+        None => assert!(!lock_time, "lock time not recorded"),
+    }
 
     let force = |id: String, expected: &'static str| {
         let mut admin = admin.clone();
