@@ -5,6 +5,8 @@
 //! Everything binds 127.0.0.1 on free ports and is stopped by its own PID
 //! when dropped.
 
+pub mod crash;
+pub mod fault;
 pub mod hub;
 pub mod kube;
 pub mod memory;
