@@ -268,9 +268,7 @@ impl Hub {
             (None, None) => Auth::None,
         };
         // Read once now so that a wrong path fails at start, not at the first call.
-        if let Some(header) = auth_header(&auth)? {
-            drop(header);
-        }
+        auth_header(&auth)?;
         // reqwest is built without a default crypto provider: use the
         // process-wide ring provider, as the rest of the workspace does.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -566,7 +564,10 @@ impl Hub {
         if let Some(errors) = decoded.errors.filter(|e| !e.is_empty()) {
             return Err(Failure::Final(HubError::Refused {
                 operation,
-                messages: errors.into_iter().map(|e| e.message).collect(),
+                messages: errors
+                    .into_iter()
+                    .map(|e| without_values(e.message))
+                    .collect(),
             }));
         }
         decoded.data.ok_or(Failure::Final(HubError::Decode {
@@ -596,6 +597,16 @@ fn describe(e: reqwest::Error) -> String {
         source = s.source();
     }
     out
+}
+
+/// A GraphQL server that rejects a variable quotes it (graphql-js: `Variable
+/// "$in" got invalid value {…}; …`), and a value may be a secret: such a
+/// message is replaced by one that names the variable only.
+fn without_values(message: String) -> String {
+    match message.find(" got invalid value ") {
+        Some(at) => format!("{} has an invalid value (not shown)", message[..at].trim()),
+        None => message,
+    }
 }
 
 /// The Authorization header, read from its file now.
@@ -716,6 +727,18 @@ mod tests {
         assert!(backoff(first, 1) <= first);
         assert!(backoff(first, 3) >= Duration::from_millis(400));
         assert!(backoff(first, 30) <= Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_rejected_variable_is_named_without_its_value() {
+        let m = without_values(
+            r#"Variable "$in" got invalid value { value: { password: "hunter2" } }; Field "typeRef" of required type was not provided."#.into(),
+        );
+        assert_eq!(m, r#"Variable "$in" has an invalid value (not shown)"#);
+        assert_eq!(
+            without_values("TypeInstance was not found".into()),
+            "TypeInstance was not found"
+        );
     }
 
     #[test]

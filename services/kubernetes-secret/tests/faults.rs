@@ -6,7 +6,7 @@
 //! proxy), an API server restart (etcd keeps the data) and SIGKILLs at
 //! random moments, all with four writers running.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use testkit::{
     BackendProcess,
@@ -26,9 +26,7 @@ fn start_on(port: u16, env: &[(String, String)]) -> BackendProcess {
 /// A fresh cluster and the admin environment of a backend in a namespace
 /// of its own, plus `extra`.
 async fn cluster_and_env(extra: Vec<(String, String)>) -> (Cluster, Vec<(String, String)>) {
-    let started = Instant::now();
     let cluster = Cluster::start().await;
-    println!("cluster ready in {:?}", started.elapsed());
     let ns = cluster.create_namespace("faults").await;
     let mut env = cluster.env();
     env.push(("APP_K8S_NAMESPACE".into(), ns));
@@ -72,9 +70,7 @@ async fn an_api_server_restart_mid_load_is_unavailable_only_and_loses_no_acknowl
     cluster.stop_apiserver();
     // Long enough for every writer to meet the outage.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let restarted = Instant::now();
     cluster.start_apiserver().await;
-    println!("api server ready again in {:?}", restarted.elapsed());
     backend.wait_health(ServingStatus::Serving).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut report = load.finish().await;

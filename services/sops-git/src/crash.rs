@@ -66,7 +66,7 @@ mod imp {
             return;
         };
         if *want == step && SEEN.fetch_add(1, Ordering::SeqCst) + 1 == *n {
-            eprintln!("{VAR}: aborting after {step}");
+            tracing::error!(step, "{VAR}: aborting (test-only crash hook)");
             std::process::abort();
         }
     }

@@ -36,14 +36,13 @@ use tonic::{Code, Status};
 
 use crate::{BackendProcess, free_port};
 
-/// The run's seed: `TESTKIT_SEED` if set, else a random one; printed.
+/// The run's seed: `TESTKIT_SEED` if set, else a random one. Every failure
+/// message names it ([`Report::summary`]).
 pub fn seed() -> u64 {
-    let seed = std::env::var("TESTKIT_SEED")
+    std::env::var("TESTKIT_SEED")
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    println!("seed {seed} (repeat with TESTKIT_SEED={seed})");
-    seed
+        .unwrap_or_else(|| fastrand::u64(..))
 }
 
 /// What the writers do and what bounds their calls.
@@ -624,9 +623,7 @@ impl Report {
         let context = self.context.clone();
         let ctx = || context.clone();
         let mut found = Vec::new();
-        let mut checked = 0;
         for r in self.records.iter_mut().filter(|r| !r.uncertain) {
-            checked += 1;
             if r.deleted {
                 for rev in 1..=r.revisions.len().max(1) as u32 {
                     match settled(|| client.get(&r.id, rev, ctx())).await {
@@ -674,13 +671,11 @@ impl Report {
                 )),
             }
         }
-        println!("verified {checked} TypeInstances: {} findings", found.len());
         self.violations.extend(found);
     }
 
     /// Panics with every violation, the seed and the tail of `logs`.
     pub fn assert_clean(&self, logs: &str) {
-        println!("{}", self.summary());
         if self.violations.is_empty() {
             return;
         }
@@ -744,13 +739,11 @@ pub async fn kill_at_random_moments(
     kills: Kills,
     options: LoadOptions,
 ) {
-    let began = Instant::now();
     let port = free_port();
     let mut backend = start(port).serving().await;
     let mut rng = fastrand::Rng::with_seed(options.seed ^ 0x6b69_6c6c);
     let load = Load::start(&backend.url, options).await;
     let mut logs = String::new();
-    let mut restarts = Duration::ZERO;
     for life in 0..kills.count {
         let uptime = rng
             .u64(kills.uptime.start.as_millis() as u64..kills.uptime.end.as_millis().max(1) as u64);
@@ -761,30 +754,12 @@ pub async fn kill_at_random_moments(
             "----- life {life}, killed after {uptime} ms -----\n{}",
             backend.logs()
         ));
-        let restarted = Instant::now();
         backend = start(port).serving().await;
-        restarts += restarted.elapsed();
         load.resume();
     }
     // The last life runs a while: every interrupted call completes in it.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut report = load.finish().await;
-    println!(
-        "{} kills in {:?} (restarts took {restarts:?} in all); {} acknowledged writes",
-        kills.count,
-        began.elapsed(),
-        report.acknowledged
-    );
-    let all = Calls(report.calls.clone());
-    for code in [Code::Unknown, Code::Cancelled] {
-        let messages = all.messages(code);
-        if !messages.is_empty() {
-            println!(
-                "{} answers (cut connections): {messages:?}",
-                code_name(code)
-            );
-        }
-    }
     report.verify(&backend.url).await;
     logs.push_str(&format!("----- last life -----\n{}", backend.logs()));
     assert!(

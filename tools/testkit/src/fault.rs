@@ -659,14 +659,10 @@ pub async fn assert_store_fault(
 
     for (cycle, (from, to, not_serving, serving)) in windows.into_iter().enumerate() {
         let during = report.calls_between(from, to);
-        println!(
-            "{fault:?} #{cycle}: NOT_SERVING after {not_serving:?}, SERVING {serving:?} after Pass; \
-             calls during the fault: {}",
-            during.summary(),
-        );
         assert!(
             during.count(Code::Unavailable) > 0,
-            "no call answered UNAVAILABLE during {fault:?} #{cycle}: {}",
+            "no call answered UNAVAILABLE during {fault:?} #{cycle} (NOT_SERVING after \
+             {not_serving:?}, SERVING {serving:?} after Pass): {}",
             during.summary()
         );
         if matches!(fault, Mode::BlackHole | Mode::Latency(_)) {

@@ -134,9 +134,22 @@ impl Hub {
         let inner = Arc::new(Inner::new(opts));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let served = Arc::clone(&inner);
+        // Built here, so that a failure fails the test that starts the Hub.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("build the test Hub's runtime");
+        let listener = {
+            let _in_runtime = rt.enter();
+            tokio::net::TcpListener::from_std(listener).expect("listen with the test Hub")
+        };
         let thread = std::thread::Builder::new()
             .name("test-hub".into())
-            .spawn(move || serve_thread(listener, served, stop_rx))
+            .spawn(move || {
+                // The executor's futures are not Send: one thread, local tasks.
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, accept_loop(listener, served, stop_rx));
+            })
             .expect("start the test Hub's thread");
         Hub {
             inner,
@@ -342,37 +355,11 @@ fn schema() -> &'static Valid<Schema> {
 
 type Body = Full<Bytes>;
 
-fn serve_thread(
-    listener: std::net::TcpListener,
-    inner: Arc<Inner>,
-    stop: tokio::sync::oneshot::Receiver<()>,
-) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("test Hub: cannot build its runtime: {e}");
-            return;
-        }
-    };
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, accept_loop(listener, inner, stop));
-}
-
 async fn accept_loop(
-    listener: std::net::TcpListener,
+    listener: tokio::net::TcpListener,
     inner: Arc<Inner>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("test Hub: cannot listen: {e}");
-            return;
-        }
-    };
     loop {
         tokio::select! {
             _ = &mut stop => return,
