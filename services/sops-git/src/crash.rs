@@ -66,7 +66,7 @@ mod imp {
             return;
         };
         if *want == step && SEEN.fetch_add(1, Ordering::SeqCst) + 1 == *n {
-            tracing::error!(step, "{VAR}: aborting (test-only crash hook)");
+            tracing::error!("{VAR}: aborting after {step} (test-only crash hook)");
             std::process::abort();
         }
     }
