@@ -1,12 +1,18 @@
 //! The storage contract (spec §3) on top of [`GitStore`] and the SOPS codec.
 //!
-//! Layout under the configured prefix, per TypeInstance `<id>`:
+//! Layout under the configured prefix: each TypeInstance `<id>` has a
+//! directory `<a>/<b>/<c>/<id>/`, where `abc` are the first three hex digits
+//! of the SHA-256 of the id (`sops-git-layout.md` at the prefix says so and
+//! marks the layout). No directory lists every TypeInstance, so a write
+//! rewrites a handful of small trees however many there are. Repositories
+//! written before (`<id>/` directly under the prefix) are read in place and
+//! moved in one commit at start or by the first write. In the directory:
 //!
-//! - `<id>/<revision>.sops.yaml`: one SOPS document per revision (read in
+//! - `<revision>.sops.yaml`: one SOPS document per revision (read in
 //!   O(1): one tree lookup, no history walk);
-//! - `<id>/latest.sops.yaml`: a copy of the highest revision's document, at a
+//! - `latest.sops.yaml`: a copy of the highest revision's document, at a
 //!   path that tools (e.g. Flux) can follow;
-//! - `<id>/lock`: the lock holder's name, present only while locked.
+//! - `lock`: the lock holder's name, present only while locked.
 //!
 //! A TypeInstance exists exactly while its directory holds a revision file.
 //!
@@ -14,10 +20,17 @@
 //! Kubernetes Secret manifest with the latest value, SOPS-encrypted the way
 //! Flux decrypts; it changes in the same commit as the revision it mirrors.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::SystemTime,
+};
 
 use async_trait::async_trait;
 use serde_json::{Value as Json, json};
+use sha2::{Digest, Sha256};
 use shared::{
     Backend, Context, Describe, Error, LockInfo, Owner, Result, Revision, TypeInstanceId, Value,
     ValueBackend, engine::rules, metrics::store_call,
@@ -32,6 +45,28 @@ use crate::{
 const SUFFIX: &str = ".sops.yaml";
 const LATEST: &str = "latest.sops.yaml";
 const LOCK: &str = "lock";
+
+/// Marks the fan-out layout at the prefix, and tells a person where to look.
+const LAYOUT_FILE: &str = "sops-git-layout.md";
+const LAYOUT_TEXT: &str = "\
+# sops-git layout v2
+
+Managed by the sops-git storage backend; do not edit by hand.
+
+The files of TypeInstance `<id>` are in `<a>/<b>/<c>/<id>/`, where `abc` are
+the first three hex digits of `printf %s '<id>' | sha256sum`:
+`<revision>.sops.yaml` per revision, `latest.sops.yaml`, and `lock` while
+locked. Ids starting with `.` get a `%` in front of the directory name.
+";
+
+/// Where TypeInstance directories sit under the prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// `<id>/` directly under the prefix (written by earlier versions).
+    Flat,
+    /// `<a>/<b>/<c>/<id>/`.
+    FanOut,
+}
 
 /// Age keys: recipients we encrypt to, identities we decrypt with.
 pub struct Keys {
@@ -54,6 +89,9 @@ struct Core {
     _data_dir: DataDirLock,
     /// Retention (APP_MAX_REVISIONS); `None` keeps every revision.
     max_revisions: Option<u32>,
+    /// Set once the branch was seen in the fan-out layout: writes then skip
+    /// the migration check (and its fetch).
+    laid_out: AtomicBool,
 }
 
 /// The published context schema: where to render the Flux Secret.
@@ -116,6 +154,7 @@ impl SopsGit {
                 flux_dir,
                 _data_dir: data_dir,
                 max_revisions: None,
+                laid_out: AtomicBool::new(false),
             }),
         }
     }
@@ -126,6 +165,12 @@ impl SopsGit {
             core.max_revisions = keep;
         }
         self
+    }
+
+    /// Moves a repository in the flat layout to the fan-out one (at start;
+    /// otherwise the first write does it). Blocking.
+    pub fn migrate_layout(&self) -> Result<()> {
+        self.core.ensure_layout(&Abandoned::default())
     }
 
     /// Runs blocking Git work off the async executor, recorded as a store
@@ -163,6 +208,8 @@ impl Drop for AbandonOnDrop {
 
 /// What a TypeInstance directory holds at the branch tip.
 struct State {
+    /// The directory, in the layout of the tip.
+    dir: String,
     /// Sorted ascending.
     revisions: Vec<u32>,
     lock: Option<String>,
@@ -190,14 +237,133 @@ fn revision_not_found(id: &TypeInstanceId, rev: Revision) -> Error {
     rules::revision_not_found(id, rev.get())
 }
 
+/// The revision number of a file name in a TypeInstance directory.
+fn revision_of(name: &str) -> Option<u32> {
+    name.strip_suffix(SUFFIX)?.parse().ok().filter(|r| *r > 0)
+}
+
 impl Core {
-    fn dir(&self, id: &TypeInstanceId) -> String {
-        let name = dir_name(id);
+    fn under_prefix(&self, rel: &str) -> String {
         if self.prefix.is_empty() {
-            name
+            rel.to_owned()
         } else {
-            format!("{}/{name}", self.prefix)
+            format!("{}/{rel}", self.prefix)
         }
+    }
+
+    /// The layout of the tip: one tree lookup.
+    fn layout(&self, snap: &Snapshot<'_>) -> Result<Layout> {
+        Ok(match snap.read(&self.under_prefix(LAYOUT_FILE))? {
+            Some(_) => Layout::FanOut,
+            None => Layout::Flat,
+        })
+    }
+
+    fn dir_in(&self, layout: Layout, id: &TypeInstanceId) -> String {
+        let name = dir_name(id);
+        match layout {
+            Layout::Flat => self.under_prefix(&name),
+            Layout::FanOut => {
+                let h = hex::encode(Sha256::digest(id.as_str().as_bytes()));
+                self.under_prefix(&format!("{}/{}/{}/{name}", &h[0..1], &h[1..2], &h[2..3]))
+            }
+        }
+    }
+
+    /// The TypeInstance's directory at the tip.
+    fn dir(&self, snap: &Snapshot<'_>, id: &TypeInstanceId) -> Result<String> {
+        Ok(self.dir_in(self.layout(snap)?, id))
+    }
+
+    /// Every TypeInstance directory name with its directory (absent ones
+    /// and foreign files skipped).
+    fn type_instances(&self, snap: &Snapshot<'_>) -> Result<Vec<(TypeInstanceId, String)>> {
+        let layout = self.layout(snap)?;
+        let mut dirs = vec![self.prefix.clone()];
+        if layout == Layout::FanOut {
+            // Three levels of one hex digit each.
+            for _ in 0..3 {
+                let mut next = Vec::new();
+                for dir in &dirs {
+                    for name in snap.list(dir)? {
+                        if name.len() == 1 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                            next.push(join(dir, &name));
+                        }
+                    }
+                }
+                dirs = next;
+            }
+        }
+        let mut out = Vec::new();
+        for dir in &dirs {
+            for name in snap.list(dir)? {
+                let raw = name.strip_prefix('%').unwrap_or(&name);
+                let Ok(id) = TypeInstanceId::parse(raw) else {
+                    continue;
+                };
+                if dir_name(&id) != name || self.dir_in(layout, &id) != join(dir, &name) {
+                    continue;
+                }
+                out.push((id, join(dir, &name)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Moves a flat repository to the fan-out layout in one commit of its
+    /// own, once per process after it has been seen done.
+    fn ensure_layout(&self, ab: &Abandoned) -> Result<()> {
+        if self.laid_out.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let moved = AtomicUsize::new(0);
+        let migrated = AtomicBool::new(false);
+        self.store.write(ab, |snap| {
+            migrated.store(false, Ordering::Relaxed);
+            if self.layout(snap)? == Layout::FanOut {
+                return Ok(None);
+            }
+            let mut changes = Vec::new();
+            for (id, from) in self.type_instances(snap)? {
+                // Only directories holding a revision are TypeInstances; with
+                // an empty prefix the root may hold anything else.
+                if snap.list(&from)?.iter().any(|n| revision_of(n).is_some()) {
+                    let to = self.dir_in(Layout::FanOut, &id);
+                    changes.push(Change::Move { from, to });
+                }
+            }
+            moved.store(changes.len(), Ordering::Relaxed);
+            migrated.store(true, Ordering::Relaxed);
+            changes.push(Change::Put {
+                path: self.under_prefix(LAYOUT_FILE),
+                content: LAYOUT_TEXT.as_bytes().to_vec(),
+            });
+            Ok(Some(Edit {
+                message: format!(
+                    "move {} type instances to the fan-out layout",
+                    changes.len() - 1
+                ),
+                changes,
+            }))
+        })?;
+        if migrated.load(Ordering::Relaxed) {
+            tracing::info!(
+                type_instances = moved.load(Ordering::Relaxed),
+                "moved the repository to the fan-out layout in one commit"
+            );
+        }
+        self.laid_out.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A write of the contract: on the fan-out layout, always.
+    fn write(
+        &self,
+        ab: &Abandoned,
+        plan: impl FnMut(&Snapshot<'_>) -> Result<Option<Edit>>,
+    ) -> Result<()> {
+        self.ensure_layout(ab)?;
+        self.store.write(ab, plan)
     }
 
     fn secret_path(&self, id: &TypeInstanceId) -> Option<String> {
@@ -253,18 +419,17 @@ impl Core {
         Ok(snap.read(&path)?.map(|_| Change::Delete { path }))
     }
 
-    fn revision_path(&self, id: &TypeInstanceId, rev: u32) -> String {
-        format!("{}/{rev}{SUFFIX}", self.dir(id))
+    fn revision_path(dir: &str, rev: u32) -> String {
+        format!("{dir}/{rev}{SUFFIX}")
     }
 
     /// The TypeInstance's state, or NOT_FOUND when it has no revision.
     fn state(&self, snap: &Snapshot<'_>, id: &TypeInstanceId) -> Result<State> {
-        let dir = self.dir(id);
+        let dir = self.dir(snap, id)?;
         let mut revisions: Vec<u32> = snap
             .list(&dir)?
             .iter()
-            .filter_map(|name| name.strip_suffix(SUFFIX)?.parse().ok())
-            .filter(|r| *r > 0)
+            .filter_map(|name| revision_of(name))
             .collect();
         if revisions.is_empty() {
             return Err(rules::not_found(id));
@@ -274,13 +439,17 @@ impl Core {
             .read(&format!("{dir}/{LOCK}"))?
             .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
             .filter(|s| !s.is_empty());
-        Ok(State { revisions, lock })
+        Ok(State {
+            dir,
+            revisions,
+            lock,
+        })
     }
 
     /// Decrypts one revision; corruption is DATA_LOSS for this TypeInstance
     /// only, logged without content.
     fn value(&self, snap: &Snapshot<'_>, id: &TypeInstanceId, rev: u32) -> Result<Option<Vec<u8>>> {
-        let Some(doc) = snap.read(&self.revision_path(id, rev))? else {
+        let Some(doc) = snap.read(&Self::revision_path(&self.dir(snap, id)?, rev))? else {
             return Ok(None);
         };
         let doc = std::str::from_utf8(&doc)
@@ -308,14 +477,14 @@ impl Core {
     }
 
     /// Puts a revision and refreshes `latest` when it becomes the highest.
-    fn put_revision(&self, id: &TypeInstanceId, rev: u32, doc: Vec<u8>) -> Vec<Change> {
+    fn put_revision(dir: &str, rev: u32, doc: Vec<u8>) -> Vec<Change> {
         vec![
             Change::Put {
-                path: format!("{}/{LATEST}", self.dir(id)),
+                path: format!("{dir}/{LATEST}"),
                 content: doc.clone(),
             },
             Change::Put {
-                path: self.revision_path(id, rev),
+                path: Self::revision_path(dir, rev),
                 content: doc,
             },
         ]
@@ -341,7 +510,7 @@ impl Core {
         // Encrypt once, outside the retry loop: a retry re-checks the
         // contract but writes the same document.
         let doc = self.encrypt(value)?;
-        self.store.write(ab, |snap| match self.state(snap, id) {
+        self.write(ab, |snap| match self.state(snap, id) {
             Ok(state) => {
                 let first = match state.revisions.as_slice() {
                     [1] => self.value(snap, id, 1)?,
@@ -351,7 +520,8 @@ impl Core {
                 rules::create_on_existing(id, latest, first.as_deref(), value).map(|()| None)
             }
             Err(e) if e.kind() == shared::ErrorKind::NotFound => {
-                let mut changes = self.put_revision(id, 1, doc.clone());
+                let dir = self.dir(snap, id)?;
+                let mut changes = Self::put_revision(&dir, 1, doc.clone());
                 // A stale manifest (left by hand after a delete) is replaced
                 // or removed: it must never outlive its TypeInstance.
                 match secret {
@@ -380,7 +550,7 @@ impl Core {
         let r = rev.get();
         // Set by the attempt that commits (a retried attempt overwrites it).
         let pruned_now = std::sync::atomic::AtomicU64::new(0);
-        let written = self.store.write(ab, |snap| {
+        let written = self.write(ab, |snap| {
             pruned_now.store(0, std::sync::atomic::Ordering::Relaxed);
             let state = self.state(snap, id)?;
             let stored = if state.revisions.contains(&r) {
@@ -400,7 +570,7 @@ impl Core {
             if step == rules::UpdateStep::Done {
                 return Ok(None);
             }
-            let mut changes = self.put_revision(id, r, doc.clone());
+            let mut changes = Self::put_revision(&state.dir, r, doc.clone());
             changes.extend(self.secret_change(snap, id, secret, value)?);
             // Retention: the revisions this one makes too old go in the
             // same commit, so the pruning is exactly as atomic as the write.
@@ -413,7 +583,7 @@ impl Core {
                 .collect();
             pruned_now.store(pruned.len() as u64, std::sync::atomic::Ordering::Relaxed);
             changes.extend(pruned.into_iter().map(|old| Change::Delete {
-                path: self.revision_path(id, old),
+                path: Self::revision_path(&state.dir, old),
             }));
             Ok(Some(Edit {
                 message: format!("update type instance {id} revision {rev}"),
@@ -426,7 +596,7 @@ impl Core {
     }
 
     fn delete(&self, ab: &Abandoned, id: &TypeInstanceId, owner: Option<&Owner>) -> Result<()> {
-        self.store.write(ab, |snap| {
+        self.write(ab, |snap| {
             let state = self.state(snap, id)?;
             Self::check_owner(id, &state, owner)?;
             Ok(Some(Edit {
@@ -434,7 +604,7 @@ impl Core {
                     "delete type instance {id} (revisions up to {})",
                     state.latest().unwrap_or(0)
                 ),
-                changes: std::iter::once(Change::DeleteDir { path: self.dir(id) })
+                changes: std::iter::once(Change::DeleteDir { path: state.dir })
                     .chain(self.secret_removal(snap, id)?)
                     .collect(),
             }))
@@ -449,7 +619,7 @@ impl Core {
         owner: Option<&Owner>,
     ) -> Result<()> {
         let r = rev.get();
-        self.store.write(ab, |snap| {
+        self.write(ab, |snap| {
             let state = self.state(snap, id)?;
             Self::check_owner(id, &state, owner)?;
             if !state.revisions.contains(&r) {
@@ -464,19 +634,21 @@ impl Core {
                 .collect();
             let changes = match rest.last() {
                 // The last revision takes the TypeInstance and its lock along.
-                None => std::iter::once(Change::DeleteDir { path: self.dir(id) })
-                    .chain(self.secret_removal(snap, id)?)
-                    .collect(),
+                None => std::iter::once(Change::DeleteDir {
+                    path: state.dir.clone(),
+                })
+                .chain(self.secret_removal(snap, id)?)
+                .collect(),
                 Some(&new_latest) if new_latest < r => {
                     let doc = snap
-                        .read(&self.revision_path(id, new_latest))?
+                        .read(&Self::revision_path(&state.dir, new_latest))?
                         .ok_or_else(|| Error::internal("a listed revision file vanished"))?;
                     let mut changes = vec![
                         Change::Delete {
-                            path: self.revision_path(id, r),
+                            path: Self::revision_path(&state.dir, r),
                         },
                         Change::Put {
-                            path: format!("{}/{LATEST}", self.dir(id)),
+                            path: format!("{}/{LATEST}", state.dir),
                             content: doc,
                         },
                     ];
@@ -491,7 +663,7 @@ impl Core {
                     changes
                 }
                 Some(_) => vec![Change::Delete {
-                    path: self.revision_path(id, r),
+                    path: Self::revision_path(&state.dir, r),
                 }],
             };
             Ok(Some(Edit { message, changes }))
@@ -503,7 +675,7 @@ impl Core {
     }
 
     fn lock(&self, ab: &Abandoned, id: &TypeInstanceId, owner: &Owner) -> Result<()> {
-        self.store.write(ab, |snap| {
+        self.write(ab, |snap| {
             let state = self.state(snap, id)?;
             match rules::lock_step(id, state.lock.as_deref(), owner)? {
                 rules::LockStep::Held => Ok(None),
@@ -513,7 +685,7 @@ impl Core {
                         state.latest().unwrap_or(0)
                     ),
                     changes: vec![Change::Put {
-                        path: format!("{}/{LOCK}", self.dir(id)),
+                        path: format!("{}/{LOCK}", state.dir),
                         content: format!("{owner}\n").into_bytes(),
                     }],
                 })),
@@ -522,7 +694,7 @@ impl Core {
     }
 
     fn unlock(&self, ab: &Abandoned, id: &TypeInstanceId) -> Result<()> {
-        self.store.write(ab, |snap| {
+        self.write(ab, |snap| {
             let state = self.state(snap, id)?;
             if state.lock.is_none() {
                 return Ok(None);
@@ -533,7 +705,7 @@ impl Core {
                     state.latest().unwrap_or(0)
                 ),
                 changes: vec![Change::Delete {
-                    path: format!("{}/{LOCK}", self.dir(id)),
+                    path: format!("{}/{LOCK}", state.dir),
                 }],
             }))
         })
@@ -544,14 +716,7 @@ impl Core {
     fn list_locks(&self, ab: &Abandoned) -> Result<Vec<LockInfo>> {
         self.store.read(ab, |snap| {
             let mut out = Vec::new();
-            for name in snap.list(&self.prefix)? {
-                let raw = name.strip_prefix('%').unwrap_or(&name);
-                let Ok(id) = TypeInstanceId::parse(raw) else {
-                    continue;
-                };
-                if dir_name(&id) != name {
-                    continue;
-                }
+            for (id, _) in self.type_instances(snap)? {
                 if let Ok(State {
                     lock: Some(owner), ..
                 }) = self.state(snap, &id)
@@ -570,13 +735,13 @@ impl Core {
 
     /// Clears the lock in one commit, only while `expected` holds it.
     fn force_unlock(&self, ab: &Abandoned, id: &TypeInstanceId, expected: &Owner) -> Result<()> {
-        self.store.write(ab, |snap| {
+        self.write(ab, |snap| {
             let state = self.state(snap, id)?;
             rules::force_unlock_step(id, state.lock.as_deref(), expected)?;
             Ok(Some(Edit {
                 message: format!("force-unlock type instance {id} held by {expected}"),
                 changes: vec![Change::Delete {
-                    path: format!("{}/{LOCK}", self.dir(id)),
+                    path: format!("{}/{LOCK}", state.dir),
                 }],
             }))
         })
@@ -595,6 +760,14 @@ impl Core {
                 Error::internal("the age key cannot decrypt what we encrypt to the recipients")
                     .with_source(e)
             })
+    }
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{dir}/{name}")
     }
 }
 

@@ -201,14 +201,19 @@ pub fn build(config: Config) -> Result<SopsGit> {
     })?;
     let flux_dir = flux_dir(&config.git_prefix, &config.git_flux_dir)?;
     store.check_access()?;
-    Ok(SopsGit::new(
+    let backend = SopsGit::new(
         store,
         keys,
         &config.git_prefix,
         flux_dir.as_deref(),
         data_dir_lock,
     )
-    .with_max_revisions((config.max_revisions > 0).then_some(config.max_revisions)))
+    .with_max_revisions((config.max_revisions > 0).then_some(config.max_revisions));
+    // A remote that does not answer yet only delays this to the first write.
+    if let Err(e) = backend.migrate_layout() {
+        tracing::warn!(error = %e, "the repository could not be moved to the fan-out layout at start; the first write retries");
+    }
+    Ok(backend)
 }
 
 /// libgit2 waits forever on a remote that accepts a connection and never

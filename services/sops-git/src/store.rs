@@ -25,8 +25,8 @@ use aes_gcm::aead::{OsRng, rand_core::RngCore};
 use base64::Engine;
 use git2::{
     CertificateCheckStatus, Commit, Cred, CredentialType, Direction, ErrorClass, ErrorCode,
-    FetchOptions, Index, IndexEntry, IndexTime, Oid, PushOptions, RemoteCallbacks, Repository,
-    Signature, Tree, TreeWalkMode, TreeWalkResult, cert::Cert,
+    FetchOptions, FileMode, Oid, PushOptions, RemoteCallbacks, Repository, Signature, Tree,
+    TreeWalkMode, TreeWalkResult, build::TreeUpdateBuilder, cert::Cert,
 };
 use shared::{Error, Result, Secret};
 
@@ -171,6 +171,11 @@ pub enum Change {
     /// Removes a directory and everything in it.
     DeleteDir {
         path: String,
+    },
+    /// Moves a file or directory without reading it (absent: nothing).
+    Move {
+        from: String,
+        to: String,
     },
 }
 
@@ -421,6 +426,9 @@ impl GitStore {
         }
     }
 
+    /// Builds the commit of `edit` on `tree`. Only the trees on the
+    /// changed paths are rewritten (libgit2's tree update), so a write costs
+    /// the same however many TypeInstances the repository holds.
     fn commit(
         &self,
         repo: &Repository,
@@ -428,35 +436,68 @@ impl GitStore {
         tree: Option<&Tree<'_>>,
         edit: &Edit,
     ) -> Result<Oid> {
-        let mut index = Index::new().map_err(|e| internal("creating an index", e))?;
-        if let Some(tree) = tree {
-            index
-                .read_tree(tree)
-                .map_err(|e| internal("reading the tip into an index", e))?;
+        let base = match tree {
+            Some(t) => t.clone(),
+            None => {
+                let empty = repo
+                    .treebuilder(None)
+                    .and_then(|b| b.write())
+                    .map_err(|e| internal("writing the empty tree", e))?;
+                repo.find_tree(empty)
+                    .map_err(|e| internal("finding the empty tree", e))?
+            }
+        };
+        // Moves first take their sources out, in a tree of their own:
+        // libgit2 would otherwise build a moved directory's new path on top
+        // of a source that shares a name with one of its parents.
+        let mut moved = Vec::new();
+        let mut sources = TreeUpdateBuilder::new();
+        for change in &edit.changes {
+            if let Change::Move { from, to } = change
+                && let Some(entry) = entry_at(repo, &base, from)?
+            {
+                let mode = match entry.kind() {
+                    Some(git2::ObjectType::Tree) => FileMode::Tree,
+                    _ => FileMode::Blob,
+                };
+                sources.remove(from.as_str());
+                moved.push((to, entry.id(), mode));
+            }
+        }
+        let base = if moved.is_empty() {
+            base
+        } else {
+            let id = sources
+                .create_updated(repo, &base)
+                .map_err(|e| internal("writing the tree", e))?;
+            repo.find_tree(id)
+                .map_err(|e| internal("finding the new tree", e))?
+        };
+        let mut update = TreeUpdateBuilder::new();
+        for (to, id, mode) in moved {
+            update.upsert(to.as_str(), id, mode);
         }
         for change in &edit.changes {
             match change {
                 Change::Put { path, content } => {
-                    // An in-memory index cannot write blobs itself: write the
-                    // blob to the repository, then point the entry at it.
                     let blob = repo
                         .blob(content)
                         .map_err(|e| internal("writing a blob", e))?;
-                    index
-                        .add(&file_entry(path, blob, content.len()))
-                        .map_err(|e| internal("adding a file", e))?
+                    update.upsert(path.as_str(), blob, FileMode::Blob);
                 }
-                Change::Delete { path } => index
-                    .remove_path(Path::new(path))
-                    .map_err(|e| internal("removing a file", e))?,
-                Change::DeleteDir { path } => index
-                    .remove_dir(Path::new(path), 0)
-                    .map_err(|e| internal("removing a directory", e))?,
+                // libgit2 refuses to remove what is not there; a directory
+                // left empty is dropped from its parent.
+                Change::Delete { path } | Change::DeleteDir { path } => {
+                    if entry_at(repo, &base, path)?.is_some() {
+                        update.remove(path.as_str());
+                    }
+                }
+                Change::Move { .. } => {}
             }
         }
         crash::point("blob");
-        let tree_id = index
-            .write_tree_to(repo)
+        let tree_id = update
+            .create_updated(repo, &base)
             .map_err(|e| internal("writing the tree", e))?;
         let tree = repo
             .find_tree(tree_id)
@@ -952,23 +993,6 @@ fn fetch_local(
     Ok(())
 }
 
-fn file_entry(path: &str, id: Oid, len: usize) -> IndexEntry {
-    IndexEntry {
-        ctime: IndexTime::new(0, 0),
-        mtime: IndexTime::new(0, 0),
-        dev: 0,
-        ino: 0,
-        mode: 0o100644,
-        uid: 0,
-        gid: 0,
-        file_size: u32::try_from(len).unwrap_or(u32::MAX),
-        id,
-        flags: 0,
-        flags_extended: 0,
-        path: path.as_bytes().to_vec(),
-    }
-}
-
 fn internal(what: &'static str, e: git2::Error) -> Error {
     if is_lock_error(&e) {
         return locked(what, e);
@@ -1237,17 +1261,22 @@ mod tests {
             .find_reference("refs/heads/main")
             .ok()
             .and_then(|r| r.peel_to_commit().ok());
-        let mut index = Index::new().expect("index");
-        if let Some(p) = &parent {
-            index.read_tree(&p.tree().expect("tree")).expect("read");
-        }
+        let mut tb = repo
+            .treebuilder(parent.as_ref().map(|p| p.tree().expect("tree")).as_ref())
+            .expect("treebuilder");
         let blob = repo.blob(format!("{n}").as_bytes()).expect("blob");
-        index
-            .add(&file_entry(&format!("other/{n}"), blob, 1))
-            .expect("add");
-        let tree = repo
-            .find_tree(index.write_tree_to(&repo).expect("write"))
-            .expect("tree");
+        let mut other = repo.treebuilder(None).expect("treebuilder");
+        if let Some(old) = tb.get("other").expect("get") {
+            other = repo
+                .treebuilder(Some(&repo.find_tree(old.id()).expect("other tree")))
+                .expect("treebuilder");
+        }
+        other
+            .insert(format!("{n}"), blob, 0o100644)
+            .expect("insert");
+        tb.insert("other", other.write().expect("write"), 0o040000)
+            .expect("insert");
+        let tree = repo.find_tree(tb.write().expect("write")).expect("tree");
         let parents: Vec<&Commit<'_>> = parent.iter().collect();
         repo.commit(
             Some("refs/heads/main"),
@@ -1258,6 +1287,103 @@ mod tests {
             &parents,
         )
         .expect("commit");
+    }
+
+    fn object_count(dir: &Path) -> usize {
+        let repo = Repository::open_bare(dir).expect("open");
+        let mut n = 0;
+        repo.odb()
+            .expect("odb")
+            .foreach(|_| {
+                n += 1;
+                true
+            })
+            .expect("foreach");
+        n
+    }
+
+    /// Objects one write of `path` adds to the clone.
+    fn objects_added_by(s: &GitStore, dir: &Path, path: &str) -> usize {
+        let before = object_count(&dir.join("clone.git"));
+        s.write(&Abandoned::default(), |_| Ok(Some(put(path, path))))
+            .expect("write");
+        object_count(&dir.join("clone.git")) - before
+    }
+
+    #[test]
+    fn a_write_adds_the_same_objects_however_many_files_exist() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        objects_added_by(&s, dir.path(), "p/0/1/2/zero/1.sops.yaml");
+        let small = objects_added_by(&s, dir.path(), "p/0/1/2/first/1.sops.yaml");
+        // 300 more files in other directories, in one commit.
+        s.write(&Abandoned::default(), |_| {
+            Ok(Some(Edit {
+                message: "many".into(),
+                changes: (0..300)
+                    .map(|i| Change::Put {
+                        path: format!("p/{:x}/{:x}/0/id{i}/1.sops.yaml", i % 16, i / 16 % 16),
+                        content: format!("{i}").into_bytes(),
+                    })
+                    .collect(),
+            }))
+        })
+        .expect("populate");
+        let large = objects_added_by(&s, dir.path(), "p/0/1/2/second/1.sops.yaml");
+        // A blob, the trees on its path (p/0/1/2/second, p/0/1/2, p/0/1,
+        // p/0, p, the root) and the commit.
+        assert_eq!((small, large), (8, 8), "objects added by one write");
+    }
+
+    #[test]
+    fn a_move_takes_a_directory_under_a_parent_that_shares_its_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        let ab = Abandoned::default();
+        s.write(&ab, |_| {
+            Ok(Some(Edit {
+                message: "flat".into(),
+                changes: ["p/a/1", "p/c/1", "p/c/lock"]
+                    .map(|path| Change::Put {
+                        path: path.into(),
+                        content: path.as_bytes().to_vec(),
+                    })
+                    .into(),
+            }))
+        })
+        .expect("flat");
+        s.write(&ab, |_| {
+            Ok(Some(Edit {
+                message: "move".into(),
+                changes: vec![
+                    Change::Move {
+                        from: "p/a".into(),
+                        to: "p/c/x/a".into(),
+                    },
+                    Change::Move {
+                        from: "p/c".into(),
+                        to: "p/a/y/c".into(),
+                    },
+                    Change::Move {
+                        from: "p/missing".into(),
+                        to: "p/m/missing".into(),
+                    },
+                ],
+            }))
+        })
+        .expect("move");
+        s.read(&ab, |snap| {
+            assert_eq!(snap.list("p")?, ["a", "c"]);
+            assert_eq!(snap.list("p/c")?, ["x"]);
+            assert_eq!(snap.list("p/a")?, ["y"]);
+            assert_eq!(snap.read("p/c/x/a/1")?.as_deref(), Some(&b"p/a/1"[..]));
+            assert_eq!(
+                snap.read("p/a/y/c/lock")?.as_deref(),
+                Some(&b"p/c/lock"[..])
+            );
+            Ok(())
+        })
+        .expect("read");
     }
 
     #[test]

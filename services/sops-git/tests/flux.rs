@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, api::PostParams};
 use serde_json::json;
 use serde_yaml::Value as Yaml;
-use support::{age_keygen, bare_repo, git, sops_bin, start_backend};
+use support::{age_keygen, bare_repo, git, sops_bin, start_backend, ti_dir};
 
 /// The manifest as a fresh clone of the remote sees it, if present.
 fn manifest(dir: &Path, remote: &str, file: &str) -> Option<String> {
@@ -123,7 +123,8 @@ async fn flux_secret_manifest_follows_the_latest_revision_and_is_a_valid_secret(
         &dir.path().join("checkout"),
         &["show", "--name-only", "--format=%s", "HEAD"],
     );
-    assert!(files.contains("typeinstances/db/2.sops.yaml"), "{files}");
+    let revision = format!("{}/2.sops.yaml", ti_dir("typeinstances", "db"));
+    assert!(files.contains(&revision), "{files}");
     assert!(files.contains("flux-secrets/db.sops.yaml"), "{files}");
 
     // Deleting the latest revision moves the Secret back to the one before.

@@ -2,9 +2,9 @@
 
 mod support;
 
-use std::{process::Command, sync::Arc};
+use std::{path::Path, process::Command, sync::Arc};
 
-use support::{age_keygen, bare_repo, git, git_daemon, sops_bin, start_backend, target};
+use support::{age_keygen, bare_repo, git, git_daemon, sops_bin, start_backend, target, ti_dir};
 use testkit::{assert_clean, conformance};
 use tonic::Code;
 
@@ -109,7 +109,7 @@ async fn files_in_the_repository_decrypt_with_real_sops() {
         ("2.sops.yaml", "{\"password\":\"n3w-v2\"}"),
         ("latest.sops.yaml", "{\"password\":\"n3w-v2\"}"),
     ] {
-        let path = checkout.join("secrets/prod/db").join(file);
+        let path = checkout.join(ti_dir("secrets/prod", "db")).join(file);
         let raw = std::fs::read_to_string(&path).expect("file in layout");
         // The markers hold a '-', which base64 ciphertext never does: a
         // three-letter secret turned up inside random ciphertext by chance.
@@ -298,14 +298,15 @@ async fn a_tampered_file_is_data_loss_and_others_keep_serving() {
         dir.path(),
         &["clone", "-q", "-b", "main", &remote, "checkout"],
     );
-    let path = checkout.join("typeinstances/victim/1.sops.yaml");
+    let path = checkout
+        .join(ti_dir("typeinstances", "victim"))
+        .join("1.sops.yaml");
     let doc = std::fs::read_to_string(&path).expect("read");
     let first = doc.lines().next().expect("line").to_owned();
     // A different value in plaintext: every ciphertext stays valid, only
     // the MAC can tell.
     std::fs::write(&path, doc.replace(&first, "value: b3RoZXI=")).expect("write");
-    std::fs::write(checkout.join("typeinstances/bystander/lock"), "").ok();
-    git(&checkout, &["add", "typeinstances/victim"]);
+    git(&checkout, &["add", "typeinstances"]);
     git(
         &checkout,
         &[
@@ -452,4 +453,134 @@ async fn admin_lists_locks_and_force_unlocks_by_compare_and_set() {
     let backend = start_backend(&dir.path().join("data"), &[("APP_ADMIN_ADDR", &admin)]).await;
     // sops-git keeps no lock time.
     testkit::assert_admin(&backend.url, &format!("http://{admin}"), None, false).await;
+}
+
+/// A SOPS document as earlier versions wrote it, encrypted by real sops.
+fn sops_document(dir: &Path, recipient: &str, value: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    let plain = dir.join("plain.yaml");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(value);
+    std::fs::write(&plain, format!("value: {b64}\n")).expect("write");
+    let out = Command::new(sops_bin())
+        .env("SOPS_DISABLE_VERSION_CHECK", "1")
+        .args(["-e", "--age", recipient])
+        .arg(&plain)
+        .output()
+        .expect("sops runs");
+    assert!(out.status.success(), "sops -e failed");
+    std::fs::remove_file(&plain).expect("rm");
+    out.stdout
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_in_the_flat_layout_is_moved_in_one_commit_and_serves_everything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let remote = bare_repo(dir.path(), "remote.git");
+    let (key_file, identity) = age_keygen(dir.path());
+    let recipient = identity.to_public().to_string();
+    let key = key_file.to_string_lossy().into_owned();
+    let checkout = dir.path().join("checkout");
+    git(dir.path(), &["clone", "-q", &remote, "checkout"]);
+    git(&checkout, &["checkout", "-q", "-b", "main"]);
+    // The flat layout: `<prefix>/<id>/`, ids starting with `.` behind a `%`.
+    // "a" and "c" are also names of fan-out directories.
+    let flat = checkout.join("typeinstances");
+    let files: [(&str, &str, &[u8]); 7] = [
+        ("a", "1.sops.yaml", b"a-one"),
+        ("a", "latest.sops.yaml", b"a-one"),
+        ("c", "1.sops.yaml", b"c-one"),
+        ("c", "latest.sops.yaml", b"c-one"),
+        ("db", "1.sops.yaml", b"db-one"),
+        ("db", "2.sops.yaml", b"db-two"),
+        ("%.hidden", "1.sops.yaml", b"hidden-one"),
+    ];
+    for (ti, file, value) in files {
+        std::fs::create_dir_all(flat.join(ti)).expect("mkdir");
+        std::fs::write(
+            flat.join(ti).join(file),
+            sops_document(dir.path(), &recipient, value),
+        )
+        .expect("write");
+    }
+    std::fs::copy(
+        flat.join("db/2.sops.yaml"),
+        flat.join("db/latest.sops.yaml"),
+    )
+    .expect("cp");
+    std::fs::write(flat.join("c/lock"), "alice\n").expect("lock");
+    // Not a TypeInstance (no revision file): stays where it is.
+    std::fs::create_dir_all(flat.join("notes")).expect("mkdir");
+    std::fs::write(flat.join("notes/README"), "kept").expect("write");
+    git(&checkout, &["add", "."]);
+    let commit = [
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit",
+        "-q",
+        "-m",
+        "flat",
+    ];
+    git(&checkout, &commit);
+    git(&checkout, &["push", "-q", "origin", "main"]);
+
+    let data = dir.path().join("data");
+    let env = [
+        ("APP_GIT_REMOTE", remote.as_str()),
+        ("APP_SOPS_AGE_KEY_FILE", key.as_str()),
+    ];
+    {
+        let backend = start_backend(&data, &env).await;
+        let t = target(&backend.url).await;
+        for (id, rev, want) in [
+            ("a", 1, &b"a-one"[..]),
+            ("c", 1, b"c-one"),
+            ("db", 1, b"db-one"),
+            ("db", 2, b"db-two"),
+            (".hidden", 1, b"hidden-one"),
+        ] {
+            assert_eq!(&t.get(id, rev).await.expect("get")[..], want, "{id} {rev}");
+        }
+        assert_eq!(
+            t.locked_by("c").await.expect("lockedBy").as_deref(),
+            Some("alice")
+        );
+        t.update("c", 2, b"c-two", Some("alice"))
+            .await
+            .expect("update under its lock");
+        t.create("new", b"new-one").await.expect("create");
+    }
+    // A restart finds the layout done: no second move.
+    let backend = start_backend(&data, &env).await;
+    let t = target(&backend.url).await;
+    assert_eq!(&t.get("c", 2).await.expect("get")[..], b"c-two");
+
+    git(&checkout, &["pull", "-q", "origin", "main"]);
+    let log = git(&checkout, &["log", "--format=%s"]);
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("fan-out layout"))
+            .collect::<Vec<_>>(),
+        ["move 4 type instances to the fan-out layout"],
+        "{log}"
+    );
+    for (id, name) in [
+        ("a", "a"),
+        ("c", "c"),
+        ("db", "db"),
+        (".hidden", "%.hidden"),
+    ] {
+        let moved = ti_dir("typeinstances", id).replace(&format!("/{id}"), &format!("/{name}"));
+        assert!(
+            checkout.join(&moved).join("1.sops.yaml").is_file(),
+            "{moved}"
+        );
+    }
+    assert!(!flat.join("db").exists() && !flat.join("%.hidden").exists());
+    assert!(flat.join("sops-git-layout.md").is_file());
+    assert_eq!(
+        std::fs::read_to_string(flat.join("notes/README")).expect("kept"),
+        "kept"
+    );
 }

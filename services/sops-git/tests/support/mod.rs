@@ -116,3 +116,11 @@ pub async fn target(url: &str) -> conformance::Target {
         .await
         .expect("connect")
 }
+
+/// Where the backend keeps TypeInstance `id` under `prefix`, computed here
+/// from the layout the README documents (not from the backend's code).
+pub fn ti_dir(prefix: &str, id: &str) -> String {
+    use sha2::Digest;
+    let h = hex::encode(sha2::Sha256::digest(id.as_bytes()));
+    format!("{prefix}/{}/{}/{}/{id}", &h[0..1], &h[1..2], &h[2..3])
+}
