@@ -192,6 +192,10 @@ impl SopsGit {
         })
         .await;
         drop(on_drop);
+        if self.core.store.maintenance_due() {
+            let core = Arc::clone(&self.core);
+            tokio::task::spawn_blocking(move || core.store.maintain());
+        }
         result
     }
 }

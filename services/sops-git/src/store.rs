@@ -16,7 +16,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex, TryLockError,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -33,9 +33,13 @@ use shared::{Error, Result, Secret};
 use crate::{
     crash,
     datadir::{self, Sweep},
+    pack::{self, PackError},
 };
 
 const REMOTE: &str = "origin";
+
+/// Writes between two looks at the object stores (see [`GitStore::maintain`]).
+const MAINTAIN_EVERY: u32 = 32;
 
 /// Attempts of one write before ABORTED: each lost race costs one fetch.
 const MAX_ATTEMPTS: u32 = 10;
@@ -198,6 +202,12 @@ pub struct GitStore {
     /// When the last fetch finished; outside `inner` so a read can tell
     /// without waiting for the writer.
     last_fetch: Mutex<Option<Instant>>,
+    /// Writes that landed, to space out maintenance.
+    writes: AtomicU32,
+    /// The write count at which maintenance runs next.
+    next_maintenance: AtomicU32,
+    /// A maintenance run is under way (one at a time).
+    maintaining: AtomicBool,
 }
 
 struct Inner {
@@ -228,6 +238,9 @@ impl GitStore {
             inner: Mutex::new(Inner { repo }),
             reader: Mutex::new(reader),
             last_fetch: Mutex::new(None),
+            writes: AtomicU32::new(0),
+            next_maintenance: AtomicU32::new(1),
+            maintaining: AtomicBool::new(false),
         })
     }
 
@@ -381,6 +394,7 @@ impl GitStore {
                     crash::point("push");
                     self.pushed(&inner.repo, commit);
                     crash::point("tracking-ref");
+                    self.writes.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 }
                 Err(push_err) if push_err.kind() == shared::ErrorKind::Aborted => {
@@ -407,6 +421,74 @@ impl GitStore {
         Err(Error::aborted(
             "too many concurrent writers to the git branch; retry",
         ))
+    }
+
+    /// Whether a maintenance run should start now (after the first write,
+    /// then every [`MAINTAIN_EVERY`] writes, never two at once); if so the
+    /// caller must run [`Self::maintain`].
+    pub fn maintenance_due(&self) -> bool {
+        self.writes.load(Ordering::Relaxed) >= self.next_maintenance.load(Ordering::Relaxed)
+            && !self.maintaining.swap(true, Ordering::SeqCst)
+    }
+
+    /// Packs the loose objects of the clone (and of a local remote we own)
+    /// once there are more than [`pack::LOOSE_LIMIT`], and merges packs
+    /// beyond [`pack::PACK_LIMIT`], so the data directory stays near what
+    /// `git gc` would leave. Reads and writes go on meanwhile; only the
+    /// removal of merged packs waits for them. Blocking; failures are
+    /// logged and retried at the next run.
+    pub fn maintain(&self) {
+        self.maintain_beyond(pack::LOOSE_LIMIT);
+    }
+
+    fn maintain_beyond(&self, loose_limit: usize) {
+        self.next_maintenance.store(
+            self.writes.load(Ordering::Relaxed) + MAINTAIN_EVERY,
+            Ordering::Relaxed,
+        );
+        let mut dirs = vec![self.opts.clone_dir.clone()];
+        if self.opts.owned_remote
+            && let Some(remote) = local_path(&self.opts.remote_url)
+        {
+            dirs.push(remote);
+        }
+        for dir in &dirs {
+            if let Err(e) = self.maintain_dir(dir, loose_limit) {
+                tracing::warn!(error = %e, dir = %dir.display(), "packing git objects failed; the next run retries");
+            }
+        }
+        self.maintaining.store(false, Ordering::SeqCst);
+    }
+
+    fn maintain_dir(&self, dir: &Path, loose_limit: usize) -> std::result::Result<(), PackError> {
+        if pack::loose_objects(dir)?.len() > loose_limit {
+            let n = pack::pack_loose(dir)?;
+            tracing::debug!(objects = n, dir = %dir.display(), "packed loose git objects");
+        }
+        let merge = pack::packs_to_merge(&pack::packs(dir)?);
+        if merge.is_empty() {
+            return Ok(());
+        }
+        pack::merge_packs(dir, &merge)?;
+        // Handles opened before may list the merged packs without having
+        // opened them yet: remove them with every handle idle, then reopen.
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut reader = self
+            .reader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for pack in &merge {
+            pack::remove_pack(pack)?;
+        }
+        if dir == self.opts.clone_dir {
+            inner.repo = Repository::open_bare(dir)?;
+            *reader = Repository::open_bare(dir)?;
+        }
+        tracing::debug!(packs = merge.len(), dir = %dir.display(), "merged git packs");
+        Ok(())
     }
 
     /// Makes our own write visible to reads without a fetch. The write is
@@ -1333,6 +1415,76 @@ mod tests {
         // A blob, the trees on its path (p/0/1/2/second, p/0/1/2, p/0/1,
         // p/0, p, the root) and the commit.
         assert_eq!((small, large), (8, 8), "objects added by one write");
+    }
+
+    #[test]
+    fn packing_beside_writes_and_reads_loses_no_object_and_bounds_loose_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Arc::new(store_owning(dir.path(), true));
+        let ab = Abandoned::default();
+        fn path(i: u32) -> String {
+            format!("p/{:x}/{i}/1", i % 16)
+        }
+        fn write(s: &GitStore, i: u32) {
+            s.write(&Abandoned::default(), |_| {
+                Ok(Some(put(&path(i), &format!("value {i}"))))
+            })
+            .expect("write");
+        }
+        for i in 0..120 {
+            write(&s, i);
+        }
+        let clone = dir.path().join("clone.git");
+        let remote = dir.path().join("remote.git");
+        assert!(pack::loose_objects(&clone).expect("loose").len() > pack::LOOSE_LIMIT);
+        let writer = {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || {
+                for i in 120..240 {
+                    write(&s, i);
+                }
+            })
+        };
+        // Many runs while the writer goes: every one packs what is loose,
+        // so packs pile up and get merged too.
+        while !writer.is_finished() {
+            s.maintain_beyond(0);
+            s.read(&ab, |snap| {
+                assert!(snap.read(&path(7))?.is_some());
+                Ok(())
+            })
+            .expect("read during maintenance");
+        }
+        writer.join().expect("writer");
+        s.maintain();
+        for repo in [&clone, &remote] {
+            let loose = pack::loose_objects(repo).expect("loose").len();
+            let packs = pack::packs(repo).expect("packs").len();
+            assert!(
+                loose <= pack::LOOSE_LIMIT && packs <= pack::PACK_LIMIT,
+                "{} loose objects and {packs} packs left in {}",
+                loose,
+                repo.display()
+            );
+        }
+        // A fresh clone of the remote and the long-lived one both hold all.
+        let other = tempfile::tempdir().expect("tempdir");
+        let fresh = GitStore::open(StoreOptions {
+            clone_dir: other.path().join("clone.git"),
+            ..s.opts.clone()
+        })
+        .expect("fresh clone");
+        for store in [&*s, &fresh] {
+            store
+                .read(&ab, |snap| {
+                    for i in 0..240 {
+                        let got = snap.read(&path(i))?;
+                        assert_eq!(got, Some(format!("value {i}").into_bytes()), "{i}");
+                    }
+                    Ok(())
+                })
+                .expect("read back");
+        }
     }
 
     #[test]
