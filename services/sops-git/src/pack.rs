@@ -102,6 +102,29 @@ pub fn pack_loose(git_dir: &Path) -> Result<usize, PackError> {
     Ok(loose.len())
 }
 
+/// Removes the loose objects of `git_dir` that the repository at `other`
+/// holds (the clone's copies of what was pushed to a remote it borrows
+/// from); how many.
+pub fn drop_held_by(git_dir: &Path, other: &Path) -> Result<usize, PackError> {
+    let loose = loose_objects(git_dir)?;
+    if loose.is_empty() {
+        return Ok(0);
+    }
+    let repo = Repository::open_bare(other)?;
+    let odb = repo.odb()?;
+    let mut dropped = 0;
+    for (id, path) in loose {
+        if odb.exists(id) {
+            match fs::remove_file(&path) {
+                Ok(()) => dropped += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(dropped)
+}
+
 /// Which packs to merge so that at most [`PACK_LIMIT`] remain and sizes
 /// stay geometric (each kept pack more than twice all smaller ones
 /// together), so an object is rewritten O(log n) times over its life.

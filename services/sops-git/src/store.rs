@@ -220,7 +220,20 @@ impl GitStore {
     /// remote. Blocking.
     pub fn open(opts: StoreOptions) -> Result<Self> {
         let tracking = format!("refs/remotes/{REMOTE}/{}", opts.branch);
-        let repo = open_or_rebuild(&opts.clone_dir, &tracking)?;
+        let borrowed = borrowed_objects(&opts);
+        // Before the usability check (which must see what the clone will
+        // use), and again after a rebuild.
+        if opts.clone_dir.exists() {
+            set_alternates(&opts.clone_dir, borrowed.as_deref())
+                .map_err(|e| Error::internal("cannot set the clone's alternates").with_source(e))?;
+        }
+        let mut repo = open_or_rebuild(&opts.clone_dir, &tracking)?;
+        if set_alternates(&opts.clone_dir, borrowed.as_deref())
+            .map_err(|e| Error::internal("cannot set the clone's alternates").with_source(e))?
+        {
+            repo = Repository::open_bare(&opts.clone_dir)
+                .map_err(|e| internal("opening the local clone", e))?;
+        }
         let dir = opts.clone_dir.as_path();
         match repo.find_remote(REMOTE) {
             Ok(r) if r.url().ok() == Some(opts.remote_url.as_str()) => {}
@@ -446,12 +459,13 @@ impl GitStore {
             self.writes.load(Ordering::Relaxed) + MAINTAIN_EVERY,
             Ordering::Relaxed,
         );
-        let mut dirs = vec![self.opts.clone_dir.clone()];
+        let mut dirs = Vec::new();
         if self.opts.owned_remote
             && let Some(remote) = local_path(&self.opts.remote_url)
         {
             dirs.push(remote);
         }
+        dirs.push(self.opts.clone_dir.clone());
         for dir in &dirs {
             if let Err(e) = self.maintain_dir(dir, loose_limit) {
                 tracing::warn!(error = %e, dir = %dir.display(), "packing git objects failed; the next run retries");
@@ -461,6 +475,17 @@ impl GitStore {
     }
 
     fn maintain_dir(&self, dir: &Path, loose_limit: usize) -> std::result::Result<(), PackError> {
+        // A clone that borrows the remote's objects keeps only those not
+        // pushed yet (a write under way).
+        if dir == self.opts.clone_dir
+            && let Some(remote) = borrowed_objects(&self.opts)
+            && let Some(remote) = remote.parent()
+        {
+            let n = pack::drop_held_by(dir, remote)?;
+            if n > 0 {
+                tracing::debug!(objects = n, "dropped clone objects the remote holds");
+            }
+        }
         if pack::loose_objects(dir)?.len() > loose_limit {
             let n = pack::pack_loose(dir)?;
             tracing::debug!(objects = n, dir = %dir.display(), "packed loose git objects");
@@ -1138,6 +1163,44 @@ fn stale_branch_lock(git_dir: &Path, branch: &str) -> Option<Duration> {
     (age >= STALE_REMOTE_LOCK).then_some(age)
 }
 
+/// The objects directory of a local remote we own: the clone borrows its
+/// objects (git's alternates) instead of copying them, so the data
+/// directory holds each object once and a fetch copies nothing. Never for
+/// a remote someone else may prune.
+fn borrowed_objects(opts: &StoreOptions) -> Option<PathBuf> {
+    if !opts.owned_remote {
+        return None;
+    }
+    local_path(&opts.remote_url).map(|remote| remote.join("objects"))
+}
+
+/// Makes `objects/info/alternates` of the clone name exactly `objects`
+/// (None: no file); whether it changed.
+fn set_alternates(clone_dir: &Path, objects: Option<&Path>) -> std::io::Result<bool> {
+    let file = clone_dir.join("objects").join("info").join("alternates");
+    let want = objects.map(|o| format!("{}\n", o.display()));
+    let have = match std::fs::read_to_string(&file) {
+        Ok(s) => Some(s),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    if have == want {
+        return Ok(false);
+    }
+    match want {
+        Some(text) => {
+            if let Some(dir) = file.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = file.with_extension("tmp");
+            std::fs::write(&tmp, text)?;
+            std::fs::rename(&tmp, &file)?;
+        }
+        None => std::fs::remove_file(&file)?,
+    }
+    Ok(true)
+}
+
 /// Opens the clone at `dir`, or builds a new empty one when there is none
 /// or it is not usable (a kill mid-way through its creation, a damaged
 /// object store): the remote is the source of truth, and the clone only a
@@ -1467,6 +1530,9 @@ mod tests {
                 repo.display()
             );
         }
+        // The clone borrows the owned remote's objects: it keeps no copy of
+        // what was pushed.
+        assert_eq!(pack::loose_objects(&clone).expect("loose").len(), 0);
         // A fresh clone of the remote and the long-lived one both hold all.
         let other = tempfile::tempdir().expect("tempdir");
         let fresh = GitStore::open(StoreOptions {
