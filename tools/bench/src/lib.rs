@@ -7,6 +7,7 @@
 //! against a real backend over gRPC.
 
 pub mod cli;
+pub mod cost;
 pub mod forwarder;
 pub mod harness;
 pub mod report;
@@ -23,6 +24,7 @@ use std::{
 
 use tokio::task::JoinSet;
 
+pub use cost::{Cost, ProcessProbe};
 pub use report::{Comparison, Report, Row};
 pub use stats::{Ratio, Stats, format_latency, percentile, ratio};
 

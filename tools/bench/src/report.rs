@@ -4,7 +4,10 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::{Deserialize, Serialize};
 
-use crate::stats::{Ratio, Stats, format_latency, ratio};
+use crate::{
+    cost::Cost,
+    stats::{Ratio, Stats, format_latency, ratio},
+};
 
 /// Named runs of one benchmark, their parameters, and comparisons.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -21,6 +24,12 @@ pub struct Report {
 pub struct Row {
     pub name: String,
     pub stats: Stats,
+    /// What the row cost the backend process, where the bench measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<Cost>,
+    /// Further named figures of the row (a column each in the tables).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, String>,
 }
 
 /// `backend` row against `direct` row.
@@ -48,8 +57,90 @@ impl Report {
         self.rows.push(Row {
             name: name.into(),
             stats,
+            cost: None,
+            extra: BTreeMap::new(),
         });
         self
+    }
+
+    /// A row with what it cost the backend process.
+    pub fn row_with_cost(
+        &mut self,
+        name: impl Into<String>,
+        stats: Stats,
+        cost: Cost,
+    ) -> &mut Self {
+        self.row(name, stats);
+        if let Some(row) = self.rows.last_mut() {
+            row.cost = Some(cost);
+        }
+        self
+    }
+
+    /// Adds a named figure to the last row.
+    pub fn extra(&mut self, key: impl Into<String>, value: impl ToString) -> &mut Self {
+        if let Some(row) = self.rows.last_mut() {
+            row.extra.insert(key.into(), value.to_string());
+        }
+        self
+    }
+
+    /// A Markdown table of the rows (the form BENCHMARKS.md shows): calls,
+    /// errors, throughput, latency percentiles, and where measured the
+    /// backend's CPU per call and peak RSS, then any extra figures.
+    pub fn to_markdown(&self) -> String {
+        let with_cost = self.rows.iter().any(|r| r.cost.is_some());
+        let extras: Vec<&String> = {
+            let mut keys: Vec<&String> = self.rows.iter().flat_map(|r| r.extra.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys
+        };
+        let mut header: Vec<String> = ["row", "calls", "errors", "ops/s", "p50", "p90", "p99"]
+            .map(String::from)
+            .to_vec();
+        if with_cost {
+            header.push("backend CPU/call".into());
+            header.push("backend RSS peak".into());
+        }
+        header.extend(extras.iter().map(|k| k.to_string()));
+        let mut out = String::new();
+        let _ = writeln!(out, "| {} |", header.join(" | "));
+        let _ = writeln!(
+            out,
+            "|{}",
+            header
+                .iter()
+                .enumerate()
+                .map(|(i, _)| if i == 0 { "---|" } else { "---:|" })
+                .collect::<String>()
+        );
+        for row in &self.rows {
+            let s = &row.stats;
+            let mut cells = vec![
+                row.name.clone(),
+                s.ops.to_string(),
+                s.errors.to_string(),
+                format!("{:.0}", s.throughput_per_s),
+                format_latency(s.p50),
+                format_latency(s.p90),
+                format_latency(s.p99),
+            ];
+            if with_cost {
+                match &row.cost {
+                    Some(c) => {
+                        cells.push(format!("{:.0} µs", c.cpu_per_call_us));
+                        cells.push(format!("{:.1} MiB", c.peak_rss_kib as f64 / 1024.0));
+                    }
+                    None => cells.extend(["-".to_owned(), "-".to_owned()]),
+                }
+            }
+            for key in &extras {
+                cells.push(row.extra.get(*key).cloned().unwrap_or_else(|| "-".into()));
+            }
+            let _ = writeln!(out, "| {} |", cells.join(" | "));
+        }
+        out
     }
 
     /// Adds the ratio of two rows already in the report.
@@ -84,13 +175,17 @@ impl Report {
         for (key, value) in &self.params {
             let _ = writeln!(out, "  {key}: {value}");
         }
-        let header = [
+        let with_cost = self.rows.iter().any(|r| r.cost.is_some());
+        let mut header = vec![
             "name", "ops", "errors", "elapsed", "ops/s", "p50", "p90", "p99", "max",
         ];
+        if with_cost {
+            header.extend(["cpu/call", "rss", "rss-peak"]);
+        }
         let mut table: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
         for row in &self.rows {
             let s = &row.stats;
-            table.push(vec![
+            let mut cells = vec![
                 row.name.clone(),
                 s.ops.to_string(),
                 s.errors.to_string(),
@@ -100,7 +195,18 @@ impl Report {
                 format_latency(s.p90),
                 format_latency(s.p99),
                 format_latency(s.max),
-            ]);
+            ];
+            if with_cost {
+                match &row.cost {
+                    Some(c) => cells.extend([
+                        format!("{:.1}us", c.cpu_per_call_us),
+                        format!("{:.1}MiB", c.rss_kib as f64 / 1024.0),
+                        format!("{:.1}MiB", c.peak_rss_kib as f64 / 1024.0),
+                    ]),
+                    None => cells.extend(["-", "-", "-"].map(String::from)),
+                }
+            }
+            table.push(cells);
         }
         let widths: Vec<usize> = (0..header.len())
             .map(|col| table.iter().map(|r| r[col].len()).max().unwrap_or(0))
@@ -119,6 +225,9 @@ impl Report {
         for row in &self.rows {
             if let Some(e) = &row.stats.first_error {
                 let _ = writeln!(out, "{}: first error: {e}", row.name);
+            }
+            for (key, value) in &row.extra {
+                let _ = writeln!(out, "{}: {key}: {value}", row.name);
             }
         }
         for c in &self.comparisons {

@@ -168,6 +168,11 @@ impl BackendProcess {
         }
     }
 
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.0.as_ref().map(std::process::Child::id)
+    }
+
     /// A scratch directory that lives as long as the process.
     pub fn dir(&self) -> &Path {
         self.dir.path()

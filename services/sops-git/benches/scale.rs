@@ -1,0 +1,297 @@
+//! sops-git at scale: what one write and one read cost the backend when the
+//! repository already holds 0, 1,000, 10,000 or 100,000 TypeInstances, on
+//! the default embedded remote (`<data>/remote.git`).
+//!
+//! The repository is filled by a bulk loader that writes exactly the files
+//! the backend writes for a create (revision 1 and `latest`, encrypted by
+//! the backend's own codec, in its layout) in one `git fast-import` commit;
+//! then the backend is started and measured through gRPC: OnCreate,
+//! OnUpdate and GetValue at concurrency 1, with the backend's CPU per call
+//! and peak RSS from /proc, start to SERVING, bytes the data directory
+//! grew per write, and its size against `git gc` of a copy of the same
+//! repository.
+//!
+//! `cargo bench -p sops-git --bench scale` (SOPS_GIT_SCALE=0,1000 for a
+//! shorter run). Figures are printed, never asserted.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::{
+    io::Write as _,
+    path::Path,
+    process::{Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use bench::{
+    ProcessProbe, Report, RunOptions,
+    cli::make_value,
+    harness::{Pool, checked},
+};
+use sha2::Digest;
+use support::{age_keygen, start_backend, target};
+
+const VALUE_SIZE: usize = 1024;
+const OPS: u64 = 200;
+const GET_OPS: u64 = 1000;
+const PREFIX: &str = "typeinstances";
+
+fn main() -> std::process::ExitCode {
+    bench::harness::bench_main("sops-git scale bench", bench_all)
+}
+
+fn sizes() -> Vec<usize> {
+    std::env::var("SOPS_GIT_SCALE")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![0, 1_000, 10_000, 100_000])
+}
+
+fn options(ops: u64) -> RunOptions {
+    RunOptions {
+        concurrency: 1,
+        duration: None,
+        ops: Some(ops),
+        warmup_ops: 0,
+    }
+}
+
+/// The directory of a TypeInstance, as the backend's README documents it.
+fn ti_dir(id: &str) -> String {
+    let h = hex::encode(sha2::Sha256::digest(id.as_bytes()));
+    format!("{PREFIX}/{}/{}/{}/{id}", &h[0..1], &h[1..2], &h[2..3])
+}
+
+/// Bytes the files under `dir` take on disk (allocated blocks).
+fn disk_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += m.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Adds `n` TypeInstances to the branch of the bare repository `remote` in
+/// one commit: per id, revision 1 and `latest.sops.yaml`, the same
+/// document, as the backend's create writes them.
+fn bulk_load(
+    remote: &Path,
+    n: usize,
+    recipient: &age::x25519::Recipient,
+    value: &[u8],
+) -> Result<(), String> {
+    if n == 0 {
+        return Ok(());
+    }
+    let mut child = Command::new("git")
+        .arg("-C")
+        .arg(remote)
+        .args(["fast-import", "--quiet"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("git fast-import: {e}"))?;
+    let mut stdin = child.stdin.take().ok_or("no stdin")?;
+    let mut stream = std::io::BufWriter::new(&mut stdin);
+    let w = |s: &mut std::io::BufWriter<_>, b: &[u8]| s.write_all(b).map_err(|e| e.to_string());
+    let recipients = [recipient.clone()];
+    for i in 0..n {
+        let doc = sops_git::sops::encrypt(value, &recipients, SystemTime::now())
+            .map_err(|e| format!("encrypt: {e}"))?;
+        w(
+            &mut stream,
+            format!("blob\nmark :{}\ndata {}\n", i + 1, doc.len()).as_bytes(),
+        )?;
+        w(&mut stream, doc.as_bytes())?;
+        w(&mut stream, b"\n")?;
+    }
+    let message = format!("bulk load {n} type instances");
+    w(
+        &mut stream,
+        format!(
+            "commit refs/heads/main\ncommitter bench <bench@localhost> 0 +0000\ndata {}\n{message}\nfrom refs/heads/main^0\n",
+            message.len()
+        )
+        .as_bytes(),
+    )?;
+    for i in 0..n {
+        let dir = ti_dir(&format!("bulk-{i}"));
+        for file in ["1.sops.yaml", "latest.sops.yaml"] {
+            w(
+                &mut stream,
+                format!("M 100644 :{} {dir}/{file}\n", i + 1).as_bytes(),
+            )?;
+        }
+    }
+    w(&mut stream, b"\n")?;
+    stream.flush().map_err(|e| e.to_string())?;
+    drop(stream);
+    drop(stdin);
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!("git fast-import failed: {status}"));
+    }
+    Ok(())
+}
+
+/// Size on disk of `git gc` of a copy of `remote`.
+fn gc_size(remote: &Path, scratch: &Path) -> Result<u64, String> {
+    let copy = scratch.join("gc-copy.git");
+    run(Command::new("git")
+        .args(["clone", "-q", "--bare", "--no-local"])
+        .arg(remote)
+        .arg(&copy))?;
+    run(Command::new("git")
+        .arg("-C")
+        .arg(&copy)
+        .args(["gc", "-q", "--prune=now"]))?;
+    let size = disk_bytes(&copy.join("objects"));
+    std::fs::remove_dir_all(&copy).map_err(|e| e.to_string())?;
+    Ok(size)
+}
+
+async fn bench_all() -> Result<Report, String> {
+    let value = make_value(VALUE_SIZE);
+    let mut report = Report::new("sops-git-backend (gRPC) at scale, default embedded remote");
+    report
+        .param("value_size", VALUE_SIZE)
+        .param("write_ops", OPS)
+        .param("get_ops", GET_OPS)
+        .param("concurrency", 1)
+        .param(
+            "profile",
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "optimized (bench)"
+            },
+        );
+    for n in sizes() {
+        scale_rows(&mut report, n, &value).await?;
+    }
+    Ok(report)
+}
+
+async fn scale_rows(report: &mut Report, n: usize, value: &[u8]) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (key_file, identity) = age_keygen(dir.path());
+    let key = key_file.to_string_lossy().into_owned();
+    let data = dir.path().join("data");
+    let env = [("APP_SOPS_AGE_KEY_FILE", key.as_str())];
+    // A first start creates the embedded remote and its layout.
+    drop(start_backend(&data, &env).await);
+    let remote = data.join("remote.git");
+    bulk_load(&remote, n, &identity.to_public(), value)?;
+
+    let started = Instant::now();
+    let backend = start_backend(&data, &env).await;
+    let start_to_serving = started.elapsed();
+    let probe = ProcessProbe::new(backend.pid().ok_or("the backend is not running")?);
+    let idle = probe.read()?;
+    let t = Arc::new(target(&backend.url).await);
+    let before = disk_bytes(&data);
+
+    let label = |op: &str| format!("{op} @ {n}");
+    let ids: Vec<String> = (0..OPS).map(|i| format!("new-{i}")).collect();
+    let pool = Pool::new(ids.clone());
+    let (create, cost) = probe
+        .measure(bench::run(
+            {
+                let (t, pool, value) =
+                    (Arc::clone(&t), Arc::clone(&pool), Arc::<[u8]>::from(value));
+                move |_| {
+                    let (t, pool, value) = (Arc::clone(&t), Arc::clone(&pool), Arc::clone(&value));
+                    async move {
+                        let id = pool.take()?;
+                        t.create(&id, &value).await.map_err(|s| s.to_string())?;
+                        Ok(())
+                    }
+                }
+            },
+            &options(OPS),
+        ))
+        .await?;
+    report.row_with_cost(label("create"), checked("create", create)?, cost);
+    report
+        .extra(
+            "start to SERVING",
+            format!("{} ms", start_to_serving.as_millis()),
+        )
+        .extra(
+            "RSS idle",
+            format!("{:.1} MiB", idle.rss_kib as f64 / 1024.0),
+        );
+
+    let pool = Pool::new(ids.clone());
+    let (update, cost) = probe
+        .measure(bench::run(
+            {
+                let (t, pool, value) =
+                    (Arc::clone(&t), Arc::clone(&pool), Arc::<[u8]>::from(value));
+                move |_| {
+                    let (t, pool, value) = (Arc::clone(&t), Arc::clone(&pool), Arc::clone(&value));
+                    async move {
+                        let id = pool.take()?;
+                        t.update(&id, 2, &value, None)
+                            .await
+                            .map_err(|s| s.to_string())?;
+                        Ok(())
+                    }
+                }
+            },
+            &options(OPS),
+        ))
+        .await?;
+    // Maintenance runs every few writes in the background: let the last
+    // run end before the disk is measured.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = disk_bytes(&data);
+    report.row_with_cost(label("update"), checked("update", update)?, cost);
+    report.extra(
+        "disk added per write",
+        format!(
+            "{:.1} KiB",
+            after.saturating_sub(before) as f64 / 1024.0 / (2 * OPS) as f64
+        ),
+    );
+
+    let ids: Arc<[String]> = ids.into();
+    let (get, cost) = probe
+        .measure(bench::run(
+            bench::harness::get_cycling(&t, &ids, 2),
+            &options(GET_OPS),
+        ))
+        .await?;
+    report.row_with_cost(label("get"), checked("get", get)?, cost);
+    let gc = gc_size(&remote, dir.path())?;
+    report
+        .extra("data dir", format!("{:.1} MiB", after as f64 / 1048576.0))
+        .extra("git gc of it", format!("{:.1} MiB", gc as f64 / 1048576.0));
+    drop(backend);
+    Ok(())
+}
