@@ -63,6 +63,11 @@ pub struct LoadOptions {
     /// How long one write may keep being retried before the test calls it
     /// lost.
     pub complete_within: Duration,
+    /// For a backend that derives the value from the context
+    /// (`acceptValue: false`): writes send no value, and every revision
+    /// must read back as these bytes (the context names an object the test
+    /// leaves unchanged).
+    pub derived_value: Option<Bytes>,
 }
 
 impl LoadOptions {
@@ -77,7 +82,13 @@ impl LoadOptions {
             max_value_bytes: 2048,
             call_bound: None,
             complete_within: Duration::from_secs(45),
+            derived_value: None,
         }
+    }
+
+    /// What a write sends for `value`: nothing for a derived value.
+    fn sent(&self, value: &Bytes) -> Option<Bytes> {
+        self.derived_value.is_none().then(|| value.clone())
     }
 }
 
@@ -163,14 +174,15 @@ impl Op {
         }
     }
 
-    async fn call(&self, client: &Client, context: &Option<Bytes>) -> Result<(), Status> {
+    async fn call(&self, client: &Client, options: &LoadOptions) -> Result<(), Status> {
+        let context = &options.context;
         match self {
             Op::Create { id, value } => client
-                .create(id, Some(value.clone()), context.clone())
+                .create(id, options.sent(value), context.clone())
                 .await
                 .map(drop),
             Op::Update { id, rev, value } => client
-                .update(id, *rev, Some(value.clone()), context.clone(), None)
+                .update(id, *rev, options.sent(value), context.clone(), None)
                 .await
                 .map(drop),
             Op::Delete { id } => client.delete(id, context.clone(), None).await,
@@ -307,6 +319,7 @@ impl Load {
             acknowledged: self.shared.acknowledged.load(Ordering::Relaxed),
             interrupted: self.shared.interrupted.load(Ordering::Relaxed),
             context: self.options.context,
+            derived_value: self.options.derived_value,
             seed: self.options.seed,
             ran: self.started.elapsed(),
         }
@@ -389,6 +402,9 @@ impl Writer {
     /// A value naming its id and revision (so that a mix-up shows), then
     /// random bytes: printable or arbitrary.
     fn value(&mut self, id: &str, rev: u32) -> Bytes {
+        if let Some(v) = &self.options.derived_value {
+            return v.clone();
+        }
         let mut v = format!("{id}@{rev}:").into_bytes();
         let len = self.rng.usize(..=self.options.max_value_bytes);
         if self.rng.bool() {
@@ -444,7 +460,7 @@ impl Writer {
         loop {
             let epoch = self.shared.epoch.load(Ordering::SeqCst);
             let started = Instant::now();
-            let result = op.call(&self.client, &self.options.context).await;
+            let result = op.call(&self.client, &self.options).await;
             self.note(op.what(), started, &result);
             let status = match result {
                 Ok(()) => {
@@ -551,6 +567,7 @@ pub struct Report {
     pub acknowledged: usize,
     pub interrupted: usize,
     context: Option<Bytes>,
+    derived_value: Option<Bytes>,
     seed: u64,
     ran: Duration,
 }
@@ -660,8 +677,14 @@ impl Report {
             // Nothing left half-done holds the TypeInstance: it takes its
             // next revision (recorded, so that a later check includes it).
             let next = r.revisions.len() as u32 + 1;
-            let value = Bytes::from(format!("{}@{next}:verify", r.id));
-            match settled(|| client.update(&r.id, next, Some(value.clone()), ctx(), None)).await {
+            let (value, sent) = match &self.derived_value {
+                Some(v) => (v.clone(), None),
+                None => {
+                    let v = Bytes::from(format!("{}@{next}:verify", r.id));
+                    (v.clone(), Some(v))
+                }
+            };
+            match settled(|| client.update(&r.id, next, sent.clone(), ctx(), None)).await {
                 Ok(_) => r.revisions.push(value),
                 Err(s) => found.push(format!(
                     "{} does not take revision {next} after the run: {} {}",

@@ -55,7 +55,11 @@ pub fn bare_repo(dir: &Path, name: &str) -> String {
 /// `git daemon` serving every repository under `base` with push enabled;
 /// returns the process and the git:// base URL.
 pub async fn git_daemon(base: &Path) -> (testkit::Guard, String) {
-    let port = free_port();
+    git_daemon_on(base, free_port()).await
+}
+
+/// [`git_daemon`] on a given port (a restart keeps its URL).
+pub async fn git_daemon_on(base: &Path, port: u16) -> (testkit::Guard, String) {
     // Run git-daemon itself: `git daemon` would fork it as a grandchild
     // that outlives the kill of the `git` wrapper.
     let exec_path = Command::new("git")
@@ -75,6 +79,9 @@ pub async fn git_daemon(base: &Path) -> (testkit::Guard, String) {
     .arg(format!("--port={port}"))
     .arg(format!("--base-path={}", base.display()))
     .arg(base);
+    // A process group of its own, holding the daemon and every upload-pack
+    // and receive-pack it forks: [`terminate_git_daemon`] stops them all.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut guard = testkit::process::spawn_logged(&mut cmd, &log);
     testkit::process::wait_for_port(
         port,
@@ -84,6 +91,24 @@ pub async fn git_daemon(base: &Path) -> (testkit::Guard, String) {
         Duration::from_secs(10),
     );
     (guard, format!("git://127.0.0.1:{port}"))
+}
+
+/// Stops a daemon of [`git_daemon_on`] as a service manager does: SIGTERM
+/// to its whole process group, so that the pushes and fetches it is
+/// serving end with it (git removes its lock files on SIGTERM).
+pub fn terminate_git_daemon(daemon: &mut testkit::Guard) {
+    let Some(pid) = daemon.0.as_ref().map(|c| c.id()) else {
+        return;
+    };
+    let status = Command::new("kill")
+        .args(["-TERM", "--", &format!("-{pid}")])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -TERM -{pid} failed: {status}");
+    if let Some(mut child) = daemon.0.take() {
+        // Reaps the daemon (SIGTERM ends it; nothing else reaps it).
+        let _ = child.wait();
+    }
 }
 
 /// Starts the real binary with `APP_DATA_DIR=data_dir` and the extra

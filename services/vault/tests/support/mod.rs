@@ -483,3 +483,175 @@ pub fn replace_file(path: &Path, content: &str) {
     std::fs::write(&aside, content).expect("write the new file");
     std::fs::rename(&aside, path).expect("replace the file");
 }
+
+/// A non-dev OpenBao over plain http whose data outlives the process: raft
+/// storage in a tempdir (OpenBao 2 has no `file` storage), initialised
+/// with one unseal key, unsealed, KV v2 at `secret/`. [`RaftBao::kill`]
+/// and [`RaftBao::start_again`] restart it on the same port and data.
+pub struct RaftBao {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub root_token: String,
+    unseal_key: String,
+    pub process: Guard,
+    pub log: PathBuf,
+}
+
+impl RaftBao {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let d = dir.path().display();
+        std::fs::create_dir(dir.path().join("raft")).expect("raft dir");
+        let config = format!(
+            r#"storage "raft" {{
+  path = "{d}/raft"
+  node_id = "node1"
+  # Raft's default 1 MiB entry limit is below the backend's value limit.
+  max_entry_size = 67108864
+}}
+listener "tcp" {{
+  address = "127.0.0.1:{port}"
+  cluster_address = "127.0.0.1:{cport}"
+  tls_disable = true
+}}
+api_addr = "http://127.0.0.1:{port}"
+cluster_addr = "https://127.0.0.1:{cport}"
+"#,
+            cport = port + 1
+        );
+        std::fs::write(dir.path().join("bao.hcl"), config).expect("write bao config");
+        let log = dir.path().join("bao.log");
+        let mut bao = Self {
+            port,
+            dir,
+            root_token: String::new(),
+            unseal_key: String::new(),
+            process: Guard(None),
+            log,
+        };
+        bao.spawn();
+        let init = bao.retry(
+            "operator init",
+            &[
+                "operator",
+                "init",
+                "-key-shares=1",
+                "-key-threshold=1",
+                "-format=json",
+            ],
+        );
+        let init: serde_json::Value = serde_json::from_str(&init).expect("init json");
+        bao.unseal_key = init["unseal_keys_b64"][0]
+            .as_str()
+            .expect("unseal key")
+            .to_owned();
+        bao.root_token = init["root_token"].as_str().expect("root token").to_owned();
+        bao.unseal();
+        // The secrets engine can still refuse while the leader settles.
+        bao.retry(
+            "enable kv-v2",
+            &["secrets", "enable", "-path=secret", "kv-v2"],
+        );
+        bao
+    }
+
+    pub fn addr(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILLs the server (no clean shutdown: raft must recover on its own).
+    pub fn kill(&mut self) {
+        self.process.stop();
+    }
+
+    /// Starts the server again on the same port and data, and unseals it
+    /// with the key of the first init (the root token stays valid).
+    pub fn start_again(&mut self) {
+        self.process.stop();
+        self.spawn();
+        self.unseal();
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) {
+        let config = self.dir.path().join("bao.hcl");
+        self.process = testkit::process::spawn_logged(
+            Command::new(bao_bin())
+                .arg("server")
+                .arg(format!("-config={}", config.display())),
+            &self.log,
+        );
+        testkit::process::wait_for_port(
+            self.port,
+            &mut self.process,
+            "openbao",
+            &self.log,
+            Duration::from_secs(30),
+        );
+    }
+
+    /// Unseals, then waits until raft has elected this node and health
+    /// answers 200 (429, standby, in between).
+    fn unseal(&self) {
+        let key = self.unseal_key.clone();
+        self.retry("operator unseal", &["operator", "unseal", &key]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.health_status();
+            if status == Some(200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "openbao health is {status:?} 30s after unseal\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The HTTP status of /v1/sys/health.
+    fn health_status(&self) -> Option<u16> {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("{}/v1/sys/health", self.addr()))
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    }
+
+    /// Runs the `bao` CLI as root; retries for 30 s while it fails.
+    fn retry(&self, what: &str, args: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.cli(args) {
+                Ok(out) => return out,
+                Err(e) if Instant::now() > deadline => {
+                    panic!("bao {what} failed: {e}\n{}", self.logs())
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    /// Runs the `bao` CLI as root; Ok(stdout) on success.
+    pub fn cli(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(bao_bin())
+            .args(args)
+            .env("BAO_ADDR", self.addr())
+            .env("BAO_TOKEN", &self.root_token)
+            .env_remove("VAULT_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
