@@ -6,5 +6,6 @@ pub mod backend;
 pub mod config;
 pub mod crash;
 pub mod datadir;
+pub mod rotate;
 pub mod sops;
 pub mod store;
