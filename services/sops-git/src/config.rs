@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::Parser;
+use clap::{Args, Parser};
 use shared::{Error, Result, Secret, config::ServerConfig, server::BackendConfig};
 
 use crate::{
@@ -17,12 +17,27 @@ use crate::{
 #[command(
     name = "sops-git-backend",
     version,
-    about = "Storage backend keeping TypeInstance revisions as SOPS (age) files in a Git repository"
+    about = "Storage backend keeping TypeInstance revisions as SOPS (age) files in a Git repository",
+    after_help = "Key rotation: `sops-git-backend rotate-keys --help`."
 )]
 pub struct Config {
     #[command(flatten)]
     pub server: ServerConfig,
 
+    #[command(flatten)]
+    pub store: StoreConfig,
+
+    /// Keep only the newest N revisions of each TypeInstance: the update
+    /// that makes older ones too old removes them in its own commit, and
+    /// they answer NOT_FOUND. 0 keeps every revision.
+    #[arg(long, env = "APP_MAX_REVISIONS", default_value_t = 0)]
+    pub max_revisions: u32,
+}
+
+/// Where the data lives and which keys open it: shared by the server and
+/// `rotate-keys`.
+#[derive(Args, Debug, Clone)]
+pub struct StoreConfig {
     /// Git remote URL (file://, git://, http(s)://, ssh://). Unset: a bare
     /// repository `remote.git` in the data directory, created on first start.
     #[arg(long, env = "APP_GIT_REMOTE")]
@@ -109,12 +124,6 @@ pub struct Config {
     #[arg(long, env = "APP_GIT_SSH_INSECURE_SKIP_HOST_KEY_CHECK", default_value_t = false, action = clap::ArgAction::Set)]
     pub git_ssh_insecure_skip_host_key_check: bool,
 
-    /// Keep only the newest N revisions of each TypeInstance: the update
-    /// that makes older ones too old removes them in its own commit, and
-    /// they answer NOT_FOUND. 0 keeps every revision.
-    #[arg(long, env = "APP_MAX_REVISIONS", default_value_t = 0)]
-    pub max_revisions: u32,
-
     /// Local state: the working clone, and the default remote and age key.
     #[arg(long, env = "APP_DATA_DIR", default_value = "./sops-git-data")]
     pub data_dir: PathBuf,
@@ -145,6 +154,14 @@ fn startup(message: String) -> Error {
 /// loads or creates the key, opens the clone and builds the backend.
 /// Blocking.
 pub fn build(config: Config) -> Result<SopsGit> {
+    let keep = (config.max_revisions > 0).then_some(config.max_revisions);
+    Ok(open(&config.store, Some(config.server.store_deadline))?.with_max_revisions(keep))
+}
+
+/// [`build`] without the server settings: what `rotate-keys` runs on too,
+/// under the same data-directory lock. `store_deadline` only serves a
+/// warning about the git timeouts. Blocking.
+pub fn open(config: &StoreConfig, store_deadline: Option<Duration>) -> Result<SopsGit> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         startup(format!(
             "cannot create APP_DATA_DIR {}: {e}",
@@ -160,9 +177,9 @@ pub fn build(config: Config) -> Result<SopsGit> {
     // A key generation killed before its rename leaves a secret behind.
     let _ = std::fs::remove_file(data_dir.join(KEY_TEMP));
     // libgit2's options are process-wide: set before any remote is used.
-    set_git_timeouts(&config)?;
+    set_git_timeouts(config, store_deadline)?;
 
-    let keys = load_keys(&config, &data_dir)?;
+    let keys = load_keys(config, &data_dir)?;
 
     let (remote_url, owned_remote) = match &config.git_remote {
         Some(url) if !url.is_empty() => {
@@ -188,7 +205,7 @@ pub fn build(config: Config) -> Result<SopsGit> {
     }
     let clone_dir = data_dir.join("clone.git");
     store::recover_clone(&clone_dir)?;
-    let auth = load_auth(&config)?;
+    let auth = load_auth(config)?;
     let store = GitStore::open(StoreOptions {
         remote_url,
         branch: config.git_branch.clone(),
@@ -207,8 +224,7 @@ pub fn build(config: Config) -> Result<SopsGit> {
         &config.git_prefix,
         flux_dir.as_deref(),
         data_dir_lock,
-    )
-    .with_max_revisions((config.max_revisions > 0).then_some(config.max_revisions));
+    );
     // A remote that does not answer yet only delays this to the first write.
     if let Err(e) = backend.migrate_layout() {
         tracing::warn!(error = %e, "the repository could not be moved to the fan-out layout at start; the first write retries");
@@ -219,7 +235,7 @@ pub fn build(config: Config) -> Result<SopsGit> {
 /// libgit2 waits forever on a remote that accepts a connection and never
 /// answers, holding the writer lock; these bound every connect, read and
 /// write of its socket (and libssh2's session).
-fn set_git_timeouts(config: &Config) -> Result<()> {
+fn set_git_timeouts(config: &StoreConfig, store_deadline: Option<Duration>) -> Result<()> {
     let millis = |name: &str, d: Duration| {
         i32::try_from(d.as_millis())
             .ok()
@@ -232,7 +248,7 @@ fn set_git_timeouts(config: &Config) -> Result<()> {
     };
     let connect = millis("APP_GIT_CONNECT_TIMEOUT", config.git_connect_timeout)?;
     let io = millis("APP_GIT_IO_TIMEOUT", config.git_io_timeout)?;
-    if config.git_io_timeout >= config.server.store_deadline {
+    if store_deadline.is_some_and(|d| config.git_io_timeout >= d) {
         tracing::warn!(
             "APP_GIT_IO_TIMEOUT is not below APP_STORE_DEADLINE: a silent remote keeps the writer busy after its callers were answered"
         );
@@ -267,7 +283,7 @@ fn flux_dir(prefix: &str, flux: &str) -> Result<Option<String>> {
     Ok(Some(f.to_owned()))
 }
 
-fn load_auth(config: &Config) -> Result<Auth> {
+fn load_auth(config: &StoreConfig) -> Result<Auth> {
     let password = match &config.git_password_file {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
@@ -318,7 +334,7 @@ fn load_auth(config: &Config) -> Result<Auth> {
     })
 }
 
-fn load_keys(config: &Config, data_dir: &std::path::Path) -> Result<Keys> {
+fn load_keys(config: &StoreConfig, data_dir: &std::path::Path) -> Result<Keys> {
     let key_file = match &config.sops_age_key_file {
         Some(p) => p.clone(),
         None => {
@@ -413,10 +429,10 @@ fn generate_key(path: &std::path::Path) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn config(dir: &std::path::Path, extra: &[&str]) -> Config {
+    fn config(dir: &std::path::Path, extra: &[&str]) -> StoreConfig {
         let mut args = vec!["x", "--data-dir", dir.to_str().unwrap_or(".")];
         args.extend_from_slice(extra);
-        Config::try_parse_from(args).expect("parses")
+        Config::try_parse_from(args).expect("parses").store
     }
 
     #[test]

@@ -7,5 +7,6 @@ pub mod config;
 pub mod crash;
 pub mod datadir;
 pub mod pack;
+pub mod rotate;
 pub mod sops;
 pub mod store;

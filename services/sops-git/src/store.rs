@@ -145,6 +145,9 @@ impl Snapshot<'_> {
         let Some(tree) = &self.tree else {
             return Ok(Vec::new());
         };
+        if dir.split('/').all(str::is_empty) {
+            return Ok(names(tree));
+        }
         let Some(entry) = entry_at(self.repo, tree, dir)? else {
             return Ok(Vec::new());
         };
@@ -155,11 +158,14 @@ impl Snapshot<'_> {
             .repo
             .find_tree(entry.id())
             .map_err(|e| internal("reading a tree", e))?;
-        Ok(sub
-            .iter()
-            .filter_map(|e| e.name().ok().map(str::to_owned))
-            .collect())
+        Ok(names(&sub))
     }
+}
+
+fn names(tree: &Tree<'_>) -> Vec<String> {
+    tree.iter()
+        .filter_map(|e| e.name().ok().map(str::to_owned))
+        .collect()
 }
 
 /// One file-level change of a commit.

@@ -584,3 +584,97 @@ async fn a_repository_in_the_flat_layout_is_moved_in_one_commit_and_serves_every
         "kept"
     );
 }
+
+/// Commits everything in `checkout` and pushes it to `main`.
+fn commit_and_push(checkout: &std::path::Path, message: &str) {
+    git(checkout, &["add", "-A"]);
+    git(
+        checkout,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "-m",
+            message,
+        ],
+    );
+    git(checkout, &["push", "-q", "origin", "main"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revision_file_copied_to_another_id_or_revision_is_data_loss() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let remote = bare_repo(dir.path(), "remote.git");
+    let backend = start_backend(&dir.path().join("data"), &[("APP_GIT_REMOTE", &remote)]).await;
+    let t = target(&backend.url).await;
+    t.create("source", b"secret-of-source")
+        .await
+        .expect("create");
+    t.create("victim", b"one").await.expect("create");
+    t.update("victim", 2, b"two", None).await.expect("update");
+
+    // Someone who can push but holds no private key copies a valid file
+    // (every ciphertext and the MAC intact) to another id's path, and an
+    // old revision over a newer one.
+    let checkout = dir.path().join("checkout");
+    git(
+        dir.path(),
+        &["clone", "-q", "-b", "main", &remote, "checkout"],
+    );
+    let source = checkout.join(ti_dir("typeinstances", "source"));
+    let victim = checkout.join(ti_dir("typeinstances", "victim"));
+    std::fs::copy(source.join("1.sops.yaml"), victim.join("1.sops.yaml")).expect("copy");
+    std::fs::copy(victim.join("1.sops.yaml"), victim.join("2.sops.yaml")).expect("copy");
+    commit_and_push(&checkout, "move files around");
+
+    for rev in [1, 2] {
+        let err = t.get("victim", rev).await.expect_err("misplaced");
+        assert_eq!(err.code(), Code::DataLoss, "revision {rev}: {err:?}");
+        assert!(err.message().contains("victim"), "{}", err.message());
+        assert!(!err.message().contains("secret"), "{}", err.message());
+    }
+    assert_eq!(
+        &t.get("source", 1).await.expect("the original still reads")[..],
+        b"secret-of-source"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lock_owner_with_surrounding_spaces_is_kept_verbatim() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let remote = bare_repo(dir.path(), "remote.git");
+    let backend = start_backend(&dir.path().join("data"), &[("APP_GIT_REMOTE", &remote)]).await;
+    let t = target(&backend.url).await;
+    t.create("spaced", b"one").await.expect("create");
+    t.lock("spaced", " hub").await.expect("lock");
+    assert_eq!(
+        t.locked_by("spaced").await.expect("locked by"),
+        Some(" hub".to_owned())
+    );
+    // The holder relocks and updates under its own lock…
+    t.lock("spaced", " hub")
+        .await
+        .expect("relock by the holder");
+    t.update("spaced", 2, b"two", Some(" hub"))
+        .await
+        .expect("update by the holder");
+    // …and the owner without the space is someone else.
+    assert_eq!(
+        t.update("spaced", 3, b"three", Some("hub"))
+            .await
+            .expect_err("not the holder")
+            .code(),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        t.lock("spaced", "hub")
+            .await
+            .expect_err("not the holder")
+            .code(),
+        Code::FailedPrecondition
+    );
+    assert_eq!(&t.get("spaced", 2).await.expect("get")[..], b"two");
+}

