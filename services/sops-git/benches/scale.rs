@@ -201,6 +201,42 @@ async fn bench_all() -> Result<Report, String> {
     Ok(report)
 }
 
+#[derive(Clone, Copy)]
+enum Write {
+    Create,
+    /// To revision 2.
+    Update,
+}
+
+/// One write of each of `ids`, in turn.
+async fn write_row(
+    t: &Arc<conformance::Target>,
+    ids: &[String],
+    value: &[u8],
+    write: Write,
+) -> Result<bench::Stats, String> {
+    let (t, pool, value) = (
+        Arc::clone(t),
+        Pool::new(ids.to_vec()),
+        Arc::<[u8]>::from(value),
+    );
+    bench::run(
+        move |_| {
+            let (t, pool, value) = (Arc::clone(&t), Arc::clone(&pool), Arc::clone(&value));
+            async move {
+                let id = pool.take()?;
+                match write {
+                    Write::Create => t.create(&id, &value).await.map(drop),
+                    Write::Update => t.update(&id, 2, &value, None).await,
+                }
+                .map_err(|s| s.to_string())
+            }
+        },
+        &options(ids.len() as u64),
+    )
+    .await
+}
+
 async fn scale_rows(report: &mut Report, n: usize, value: &[u8]) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let (key_file, identity) = age_keygen(dir.path());
@@ -222,23 +258,8 @@ async fn scale_rows(report: &mut Report, n: usize, value: &[u8]) -> Result<(), S
 
     let label = |op: &str| format!("{op} @ {n}");
     let ids: Vec<String> = (0..OPS).map(|i| format!("new-{i}")).collect();
-    let pool = Pool::new(ids.clone());
     let (create, cost) = probe
-        .measure(bench::run(
-            {
-                let (t, pool, value) =
-                    (Arc::clone(&t), Arc::clone(&pool), Arc::<[u8]>::from(value));
-                move |_| {
-                    let (t, pool, value) = (Arc::clone(&t), Arc::clone(&pool), Arc::clone(&value));
-                    async move {
-                        let id = pool.take()?;
-                        t.create(&id, &value).await.map_err(|s| s.to_string())?;
-                        Ok(())
-                    }
-                }
-            },
-            &options(OPS),
-        ))
+        .measure(write_row(&t, &ids, value, Write::Create))
         .await?;
     report.row_with_cost(label("create"), checked("create", create)?, cost);
     report
@@ -251,25 +272,8 @@ async fn scale_rows(report: &mut Report, n: usize, value: &[u8]) -> Result<(), S
             format!("{:.1} MiB", idle.rss_kib as f64 / 1024.0),
         );
 
-    let pool = Pool::new(ids.clone());
     let (update, cost) = probe
-        .measure(bench::run(
-            {
-                let (t, pool, value) =
-                    (Arc::clone(&t), Arc::clone(&pool), Arc::<[u8]>::from(value));
-                move |_| {
-                    let (t, pool, value) = (Arc::clone(&t), Arc::clone(&pool), Arc::clone(&value));
-                    async move {
-                        let id = pool.take()?;
-                        t.update(&id, 2, &value, None)
-                            .await
-                            .map_err(|s| s.to_string())?;
-                        Ok(())
-                    }
-                }
-            },
-            &options(OPS),
-        ))
+        .measure(write_row(&t, &ids, value, Write::Update))
         .await?;
     // Maintenance runs every few writes in the background: let the last
     // run end before the disk is measured.
