@@ -678,3 +678,60 @@ async fn a_lock_owner_with_surrounding_spaces_is_kept_verbatim() {
     );
     assert_eq!(&t.get("spaced", 2).await.expect("get")[..], b"two");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flat_repository_root_keeps_its_other_files_when_moved() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let remote = bare_repo(dir.path(), "remote.git");
+    let (key_file, identity) = age_keygen(dir.path());
+    let recipient = identity.to_public().to_string();
+    let key = key_file.to_string_lossy().into_owned();
+    let checkout = dir.path().join("checkout");
+    git(dir.path(), &["clone", "-q", &remote, "checkout"]);
+    git(&checkout, &["checkout", "-q", "-b", "main"]);
+    // APP_GIT_PREFIX empty: TypeInstances directly in the root, beside a
+    // project's own files.
+    for id in ["a", "db"] {
+        std::fs::create_dir_all(checkout.join(id)).expect("mkdir");
+        let doc = sops_document(dir.path(), &recipient, id.as_bytes());
+        std::fs::write(checkout.join(id).join("1.sops.yaml"), &doc).expect("write");
+        std::fs::write(checkout.join(id).join("latest.sops.yaml"), &doc).expect("write");
+    }
+    std::fs::create_dir_all(checkout.join("docs")).expect("mkdir");
+    std::fs::write(checkout.join("docs/guide.md"), "guide").expect("write");
+    std::fs::write(checkout.join("README.md"), "project").expect("write");
+    commit_and_push(&checkout, "flat root");
+
+    let backend = start_backend(
+        &dir.path().join("data"),
+        &[
+            ("APP_GIT_REMOTE", remote.as_str()),
+            ("APP_SOPS_AGE_KEY_FILE", key.as_str()),
+            ("APP_GIT_PREFIX", ""),
+        ],
+    )
+    .await;
+    let t = target(&backend.url).await;
+    for id in ["a", "db"] {
+        assert_eq!(&t.get(id, 1).await.expect("get")[..], id.as_bytes(), "{id}");
+    }
+    git(&checkout, &["pull", "-q", "origin", "main"]);
+    for id in ["a", "db"] {
+        let moved = ti_dir("", id);
+        let moved = moved.trim_start_matches('/');
+        assert!(
+            checkout.join(moved).join("1.sops.yaml").is_file(),
+            "{moved}"
+        );
+    }
+    assert!(!checkout.join("db").exists());
+    assert_eq!(
+        std::fs::read_to_string(checkout.join("README.md")).expect("kept"),
+        "project"
+    );
+    assert_eq!(
+        std::fs::read_to_string(checkout.join("docs/guide.md")).expect("kept"),
+        "guide"
+    );
+    assert!(checkout.join("sops-git-layout.md").is_file());
+}
