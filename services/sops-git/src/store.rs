@@ -514,10 +514,11 @@ impl GitStore {
         for pack in &merge {
             pack::remove_pack(pack)?;
         }
-        if dir == self.opts.clone_dir {
-            inner.repo = Repository::open_bare(dir)?;
-            *reader = Repository::open_bare(dir)?;
-        }
+        // The clone's handles list the embedded remote's packs too (they
+        // borrow its objects).
+        let clone = &self.opts.clone_dir;
+        inner.repo = Repository::open_bare(clone)?;
+        *reader = Repository::open_bare(clone)?;
         tracing::debug!(packs = merge.len(), dir = %dir.display(), "merged git packs");
         Ok(())
     }
