@@ -80,7 +80,7 @@ pub fn wait_for_port(port: u16, guard: &mut Guard, what: &str, log: &Path, withi
         if let Some(status) = guard.exited() {
             panic!("{what} exited with {status}; its log:\n{}", read(log));
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(5));
     }
     panic!(
         "{what} did not listen on port {port} within {within:?}; its log:\n{}",
@@ -223,7 +223,8 @@ impl BackendProcess {
                     return;
                 }
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Fine-grained: benches read start-to-SERVING off this wait.
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!(
             "{} did not report {want:?} within 30s; its log:\n{}",
