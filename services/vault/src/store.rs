@@ -119,8 +119,27 @@ fn is_cas_mismatch(e: &ClientError) -> bool {
     }
 }
 
+/// Whether a KV v2 mount answered that it is still upgrading its storage
+/// (right after it was enabled): a 400 that means "come back shortly".
+fn is_kv_upgrading(e: &ClientError) -> bool {
+    match e {
+        ClientError::APIError { code: 400, errors } => errors
+            .iter()
+            .any(|m| m.contains("will be unavailable for a brief period")),
+        _ => false,
+    }
+}
+
 /// The one mapping of Vault failures to protocol errors.
 pub fn map_err(e: ClientError, what: &str) -> Failure {
+    if is_kv_upgrading(&e) {
+        return Failure::Other(
+            Error::unavailable(format!(
+                "vault's kv engine is upgrading its storage for {what}"
+            ))
+            .with_source(e),
+        );
+    }
     match status_of(&e) {
         Some(403) => Failure::Denied(e),
         // 5xx includes 503 "Vault is sealed"; 429 is a standby or rate limit.
@@ -680,6 +699,26 @@ mod tests {
 
     fn id(s: &str) -> TypeInstanceId {
         TypeInstanceId::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_kv_mount_still_upgrading_is_unavailable_and_other_400s_internal() {
+        let kind = |errors: &[&str]| match map_err(
+            ClientError::APIError {
+                code: 400,
+                errors: errors.iter().map(|m| m.to_string()).collect(),
+            },
+            "writing",
+        ) {
+            Failure::Other(e) => Some(e.kind()),
+            Failure::Denied(_) => None,
+        };
+        let upgrading = "Upgrading from non-versioned to versioned data. This backend will be unavailable for a brief period and will resume service shortly.";
+        assert_eq!(kind(&[upgrading]), Some(shared::ErrorKind::Unavailable));
+        assert_eq!(
+            kind(&["invalid request"]),
+            Some(shared::ErrorKind::Internal)
+        );
     }
 
     #[test]

@@ -553,6 +553,12 @@ cluster_addr = "https://127.0.0.1:{cport}"
             "enable kv-v2",
             &["secrets", "enable", "-path=secret", "kv-v2"],
         );
+        // A new KV v2 mount refuses requests until it has upgraded its
+        // storage: the load must start on a store that is ready.
+        bao.retry(
+            "write to kv-v2",
+            &["kv", "put", "-mount=secret", "fixture-ready", "ok=1"],
+        );
         bao
     }
 
