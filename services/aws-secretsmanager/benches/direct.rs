@@ -3,7 +3,7 @@
 //! aws-sdk-secretsmanager, in one run, on one moto server.
 //!
 //! `cargo bench -p aws-secretsmanager --bench direct` (needs `moto_server`:
-//! see tests/setup.sh). Rows, at concurrency 1 and 16, a fixed number of calls each:
+//! see tests/setup.sh). Rows, at concurrency 1 and 32, a fixed number of calls each:
 //! - `get cN backend`: GetValue of revision 1 through the backend;
 //! - `get cN direct`: the two GetSecretValue calls the backend makes (the
 //!   head `capact/<id>/head`, then `capact/<id>/<life>/1`);
@@ -16,7 +16,12 @@
 //!   row;
 //! - `update cN create-only`: one CreateSecret of a new secret, the least a
 //!   create-only revision write costs, for scale (alone it could not check
-//!   a lock or claim the revision).
+//!   a lock or claim the revision);
+//! - `get c1 64 KiB`, ...: the value-size sweep, up to the backend's limit
+//!   (65,535 bytes, Secrets Manager's own: 1 MiB is left out).
+//!
+//! Every backend row carries the backend's CPU time per call and peak RSS
+//! (from /proc); the first backend row its start to SERVING and idle RSS.
 //!
 //! Timings are printed, never asserted. Without `--bench` (e.g. `cargo test
 //! --benches`) it does nothing.
@@ -24,28 +29,29 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::{process::ExitCode, sync::Arc};
+use std::{process::ExitCode, sync::Arc, time::Instant};
 
 use aws_sdk_secretsmanager::{Client, types::Tag};
 use bench::{
-    Report, RunOptions,
+    ProcessProbe, Report, RunOptions,
     cli::make_value,
-    harness::{Pool, checked},
+    harness::{Pool, Startup, checked, p50_over},
 };
-use support::{direct_client, start_backend};
-use testkit::moto::Moto;
+use support::direct_client;
+use testkit::{BackendProcess, moto::Moto};
 
 /// The backend's default `APP_SM_NAME_PREFIX`.
 const PREFIX: &str = "capact";
 const VALUE_SIZE: usize = 1024;
-const GET_OPS: u64 = 1000;
+// Enough calls that each row's backend CPU spans some 30 or more 10 ms ticks.
+const GET_OPS: u64 = 3000;
 /// Alternating backend/direct rounds the get rows are split into.
 const GET_ROUNDS: u64 = 20;
-const UPDATE_OPS: u64 = 300;
+const UPDATE_OPS: u64 = 400;
 /// Alternating backend/direct rounds the update rows are split into.
 const UPDATE_ROUNDS: u64 = 10;
 const WARMUP_OPS: u64 = 30;
-const CONCURRENCY: [usize; 2] = [1, 16];
+const CONCURRENCY: [usize; 2] = [1, 32];
 /// TypeInstances read by the get rows (workers pick one by call number).
 const GET_IDS: usize = 16;
 
@@ -68,7 +74,15 @@ fn err(what: &str, e: impl std::fmt::Debug) -> String {
 
 async fn bench_all() -> Result<Report, String> {
     let moto = Moto::start();
-    let backend = start_backend(&moto, &[]).await;
+    let env = moto.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let spawned = Instant::now();
+    let backend = BackendProcess::start(support::BIN, &["AWS_"], &env);
+    let probe = ProcessProbe::new(backend.pid().ok_or("the backend is not running")?);
+    let startup = Startup::measure(&backend.url, spawned, &probe).await;
+    // testkit's wait panics with the backend's log if it never got there.
+    let backend = backend.serving().await;
+    let startup = startup?;
     let target = Arc::new(
         conformance::Target::connect(&conformance::Connect::plain(&backend.url), None).await?,
     );
@@ -113,29 +127,39 @@ async fn bench_all() -> Result<Report, String> {
         // the same drift.
         let name = format!("get c{concurrency}");
         let (client, ids) = (Arc::clone(&direct), Arc::clone(&get_ids));
-        let paired = bench::run_paired(
-            bench::harness::get_cycling(&target, &get_ids, 1),
-            move |seq| {
-                let (client, ids) = (Arc::clone(&client), Arc::clone(&ids));
-                async move {
-                    let id = &ids[(seq % ids.len() as u64) as usize];
-                    let (head, _) = read_head(&client, &format!("{PREFIX}/{id}/head")).await?;
-                    let life = head["life"].as_str().unwrap_or_default();
-                    client
-                        .get_secret_value()
-                        .secret_id(format!("{PREFIX}/{id}/{life}/1"))
-                        .version_stage("AWSCURRENT")
-                        .send()
-                        .await
-                        .map(drop)
-                        .map_err(|e| err("get secret value", e))
-                }
-            },
-            &options(concurrency, GET_OPS),
-            GET_ROUNDS,
-        )
-        .await?;
-        bench::harness::paired_rows(&mut report, &name, "backend", paired)?;
+        let (paired, cost) = probe
+            .measure_paired(bench::run_paired(
+                bench::harness::get_cycling(&target, &get_ids, 1),
+                move |seq| {
+                    let (client, ids) = (Arc::clone(&client), Arc::clone(&ids));
+                    async move {
+                        let id = &ids[(seq % ids.len() as u64) as usize];
+                        let (head, _) = read_head(&client, &format!("{PREFIX}/{id}/head")).await?;
+                        let life = head["life"].as_str().unwrap_or_default();
+                        client
+                            .get_secret_value()
+                            .secret_id(format!("{PREFIX}/{id}/{life}/1"))
+                            .version_stage("AWSCURRENT")
+                            .send()
+                            .await
+                            .map(drop)
+                            .map_err(|e| err("get secret value", e))
+                    }
+                },
+                &options(concurrency, GET_OPS),
+                GET_ROUNDS,
+            ))
+            .await?;
+        bench::harness::paired_rows_with_cost(&mut report, &name, "backend", paired, Some(cost))?;
+        if concurrency == 1 {
+            startup.annotate(&mut report);
+        }
+        p50_over(
+            &mut report,
+            &format!("{name} backend"),
+            &format!("{name} direct"),
+            "p50 over direct",
+        )?;
     }
 
     for concurrency in CONCURRENCY {
@@ -211,16 +235,32 @@ async fn bench_all() -> Result<Report, String> {
             }
         };
         let name = format!("update c{concurrency}");
-        let paired = bench::run_paired(
-            backend_op,
-            direct_op,
-            &options(concurrency, UPDATE_OPS),
-            UPDATE_ROUNDS,
-        )
-        .await?;
-        bench::harness::paired_rows(&mut report, &name, "backend", paired)?;
+        let (paired, cost) = probe
+            .measure_paired(bench::run_paired(
+                backend_op,
+                direct_op,
+                &options(concurrency, UPDATE_OPS),
+                UPDATE_ROUNDS,
+            ))
+            .await?;
+        bench::harness::paired_rows_with_cost(&mut report, &name, "backend", paired, Some(cost))?;
         report.compare(&format!("{name} backend"), &format!("{name} create-only"))?;
+        p50_over(
+            &mut report,
+            &format!("{name} backend"),
+            &format!("{name} direct"),
+            "p50 over direct",
+        )?;
     }
+
+    bench::harness::size_sweep(
+        &mut report,
+        &target,
+        &probe,
+        &format!("bench-{run_id}-sweep"),
+        WARMUP_OPS,
+    )
+    .await?;
     drop(backend);
     drop(moto);
     Ok(report)

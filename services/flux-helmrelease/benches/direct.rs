@@ -4,7 +4,7 @@
 //! HelmRelease CRD.
 //!
 //! `cargo bench -p flux-helmrelease --bench direct` (needs tests/kube/build.sh).
-//! Rows, at concurrency 1 and 8, a fixed number of calls each:
+//! Rows, at concurrency 1 and 32, a fixed number of calls each:
 //! - `get-latest cN backend`: GetValue of the latest revision (GET the
 //!   HelmRelease, project it); `direct`: one GET of the HelmRelease;
 //! - `get-older cN backend`: GetValue of revision 1 of 2 (GET the release,
@@ -13,13 +13,17 @@
 //!   own HelmRelease; `direct`: GET the release, create the snapshot
 //!   ConfigMap, patch the annotation with its resourceVersion.
 //!
+//! Every backend row carries the backend's CPU time per call and peak RSS
+//! (from /proc); the first backend row its start to SERVING and idle RSS.
+//! The backend takes no value, so there is no value-size sweep.
+//!
 //! Timings are printed, never asserted. Without `--bench` it does nothing.
 
-use std::{process::ExitCode, sync::Arc};
+use std::{process::ExitCode, sync::Arc, time::Instant};
 
 use bench::{
-    Report, RunOptions,
-    harness::{Pool, checked},
+    ProcessProbe, Report, RunOptions,
+    harness::{Pool, Startup, checked, p50_over},
 };
 use bytes::Bytes;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -31,10 +35,11 @@ use serde_json::json;
 use shared::client::{Client, Connect, Timeouts};
 use testkit::{BackendProcess, kube::Cluster};
 
-const GET_OPS: u64 = 1000;
-const UPDATE_OPS: u64 = 300;
+// Enough calls that each row's backend CPU spans some 30 or more 10 ms ticks.
+const GET_OPS: u64 = 3000;
+const UPDATE_OPS: u64 = 500;
 const WARMUP_OPS: u64 = 30;
-const CONCURRENCY: [usize; 2] = [1, 8];
+const CONCURRENCY: [usize; 2] = [1, 32];
 
 fn main() -> ExitCode {
     bench::harness::bench_main("flux-helmrelease direct bench", bench_all)
@@ -82,13 +87,17 @@ async fn bench_all() -> Result<Report, String> {
     let ns = cluster.create_namespace("bench").await;
     let env = cluster.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let spawned = Instant::now();
     let backend = BackendProcess::start(
         env!("CARGO_BIN_EXE_flux-helmrelease-backend"),
         &["KUBECONFIG"],
         &env,
-    )
-    .serving()
-    .await;
+    );
+    let probe = ProcessProbe::new(backend.pid().ok_or("the backend is not running")?);
+    let startup = Startup::measure(&backend.url, spawned, &probe).await;
+    // testkit's wait panics with the backend's log if it never got there.
+    let backend = backend.serving().await;
+    let startup = startup?;
     let hub = Arc::new(
         Client::connect(&Connect::plain(&backend.url), Timeouts::default())
             .await
@@ -141,23 +150,30 @@ async fn bench_all() -> Result<Report, String> {
 
         let name = format!("get-latest c{concurrency} backend");
         let (h, c) = (Arc::clone(&hub), ctx.clone());
-        let stats = bench::run(
-            move |_| {
-                let (h, c) = (Arc::clone(&h), c.clone());
-                async move {
-                    h.get("bench-read", 2, c)
-                        .await
-                        .map(drop)
-                        .map_err(|s| s.to_string())
-                }
-            },
-            &options(concurrency, GET_OPS),
-        )
-        .await?;
-        report.row(&name, checked(&name, stats)?);
-        report.compare(
-            &format!("get-latest c{concurrency} backend"),
+        let (stats, cost) = probe
+            .measure(bench::run(
+                move |_| {
+                    let (h, c) = (Arc::clone(&h), c.clone());
+                    async move {
+                        h.get("bench-read", 2, c)
+                            .await
+                            .map(drop)
+                            .map_err(|s| s.to_string())
+                    }
+                },
+                &options(concurrency, GET_OPS),
+            ))
+            .await?;
+        report.row_with_cost(&name, checked(&name, stats)?, cost);
+        if concurrency == 1 {
+            startup.annotate(&mut report);
+        }
+        report.compare(&name, &format!("get-latest c{concurrency} direct"))?;
+        p50_over(
+            &mut report,
+            &name,
             &format!("get-latest c{concurrency} direct"),
+            "p50 over direct",
         )?;
 
         let name = format!("get-older c{concurrency} direct");
@@ -177,23 +193,27 @@ async fn bench_all() -> Result<Report, String> {
 
         let name = format!("get-older c{concurrency} backend");
         let (h, c) = (Arc::clone(&hub), ctx.clone());
-        let stats = bench::run(
-            move |_| {
-                let (h, c) = (Arc::clone(&h), c.clone());
-                async move {
-                    h.get("bench-read", 1, c)
-                        .await
-                        .map(drop)
-                        .map_err(|s| s.to_string())
-                }
-            },
-            &options(concurrency, GET_OPS),
-        )
-        .await?;
-        report.row(&name, checked(&name, stats)?);
-        report.compare(
-            &format!("get-older c{concurrency} backend"),
+        let (stats, cost) = probe
+            .measure(bench::run(
+                move |_| {
+                    let (h, c) = (Arc::clone(&h), c.clone());
+                    async move {
+                        h.get("bench-read", 1, c)
+                            .await
+                            .map(drop)
+                            .map_err(|s| s.to_string())
+                    }
+                },
+                &options(concurrency, GET_OPS),
+            ))
+            .await?;
+        report.row_with_cost(&name, checked(&name, stats)?, cost);
+        report.compare(&name, &format!("get-older c{concurrency} direct"))?;
+        p50_over(
+            &mut report,
+            &name,
             &format!("get-older c{concurrency} direct"),
+            "p50 over direct",
         )?;
     }
 
@@ -212,24 +232,25 @@ async fn bench_all() -> Result<Report, String> {
         let pool = Pool::new(slots);
         let (h, ns2) = (Arc::clone(&hub), ns.clone());
         let name = format!("update c{concurrency} backend");
-        let stats = bench::run(
-            move |_| {
-                let (h, pool, ns) = (Arc::clone(&h), Arc::clone(&pool), ns2.clone());
-                async move {
-                    let (id, release, rev) = pool.take()?;
-                    let result = h
-                        .update(&id, rev, None, context(&ns, &release), None)
-                        .await
-                        .map(drop)
-                        .map_err(|s| s.to_string());
-                    pool.give((id, release, rev + 1));
-                    result
-                }
-            },
-            &options(concurrency, UPDATE_OPS),
-        )
-        .await?;
-        report.row(&name, checked(&name, stats)?);
+        let (stats, cost) = probe
+            .measure(bench::run(
+                move |_| {
+                    let (h, pool, ns) = (Arc::clone(&h), Arc::clone(&pool), ns2.clone());
+                    async move {
+                        let (id, release, rev) = pool.take()?;
+                        let result = h
+                            .update(&id, rev, None, context(&ns, &release), None)
+                            .await
+                            .map(drop)
+                            .map_err(|s| s.to_string());
+                        pool.give((id, release, rev + 1));
+                        result
+                    }
+                },
+                &options(concurrency, UPDATE_OPS),
+            ))
+            .await?;
+        report.row_with_cost(&name, checked(&name, stats)?, cost);
 
         let mut slots = Vec::new();
         for i in 0..concurrency {
@@ -257,6 +278,12 @@ async fn bench_all() -> Result<Report, String> {
         report.compare(
             &format!("update c{concurrency} backend"),
             &format!("update c{concurrency} direct"),
+        )?;
+        p50_over(
+            &mut report,
+            &format!("update c{concurrency} backend"),
+            &format!("update c{concurrency} direct"),
+            "p50 over direct",
         )?;
     }
     drop(backend);

@@ -3,7 +3,7 @@
 //! run, on a real kube-apiserver + etcd (testkit::kube).
 //!
 //! `cargo bench -p kubernetes-secret --bench direct` (needs the binaries of
-//! tests/kube/build.sh). Rows, at concurrency 1 and 16:
+//! tests/kube/build.sh). Rows, at concurrency 1 and 32:
 //! - `get cN backend`: GetValue of revision 1 through the backend;
 //! - `get cN direct`: the two GETs the backend makes for it (the head
 //!   Secret, then the revision Secret, whose name the head's life gives);
@@ -12,7 +12,16 @@
 //! - `update cN direct`: one create of a Secret (the write a revision needs);
 //! - `update cN direct-5`: the five calls the backend makes for one
 //!   OnUpdate (GET the head, PUT the claim at its resourceVersion, GET the
-//!   revision Secret, create it, PUT the commit).
+//!   revision Secret, create it, PUT the commit);
+//! - `floor cN forwarder` / `floor cN direct`: the two GETs of the get rows
+//!   through a process that only copies bytes (TLS passes through), and
+//!   straight;
+//! - `get c1 64 KiB`, ...: the value-size sweep, up to the backend's limit
+//!   (1 MiB less the data key's 5 bytes).
+//!
+//! Every backend row carries the backend's CPU time per call and peak RSS
+//! (from /proc), the forwarder rows the forwarder's; the first backend row
+//! its start to SERVING and idle RSS.
 //!
 //! Timings are printed, never asserted. Without `--bench` it does nothing.
 
@@ -20,12 +29,13 @@ use std::{
     collections::{BTreeMap, HashMap},
     process::ExitCode,
     sync::Arc,
+    time::Instant,
 };
 
 use bench::{
-    Report, RunOptions,
+    ProcessProbe, Report, RunOptions,
     cli::make_value,
-    harness::{CyclingOp, Pool, checked},
+    harness::{CyclingOp, Pool, Startup, checked, p50_over},
 };
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{
@@ -37,12 +47,13 @@ use kubernetes_secret::secret_key;
 use testkit::{BackendProcess, kube::Cluster};
 
 const VALUE_SIZE: usize = 1024;
-const GET_OPS: u64 = 2000;
+// Enough calls that each row's backend CPU spans some 30 or more 10 ms ticks.
+const GET_OPS: u64 = 4000;
 /// Alternating backend/direct rounds the get rows are split into.
 const GET_ROUNDS: u64 = 20;
-const UPDATE_OPS: u64 = 600;
+const UPDATE_OPS: u64 = 800;
 const WARMUP_OPS: u64 = 50;
-const CONCURRENCY: [usize; 2] = [1, 16];
+const CONCURRENCY: [usize; 2] = [1, 32];
 const GET_IDS: usize = 16;
 
 fn main() -> ExitCode {
@@ -145,18 +156,23 @@ async fn bench_all() -> Result<Report, String> {
     let mut env: Vec<(String, String)> = cluster.env();
     env.push(("APP_K8S_NAMESPACE".into(), ns.clone()));
     let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let spawned = Instant::now();
     let backend = BackendProcess::start(
         env!("CARGO_BIN_EXE_kubernetes-secret-backend"),
         &["KUBECONFIG"],
         &env_ref,
-    )
-    .serving()
-    .await;
+    );
+    let probe = ProcessProbe::new(backend.pid().ok_or("the backend is not running")?);
+    let startup = Startup::measure(&backend.url, spawned, &probe).await;
+    // testkit's wait panics with the backend's log if it never got there.
+    let backend = backend.serving().await;
+    let startup = startup?;
     let target = Arc::new(
         conformance::Target::connect(&conformance::Connect::plain(&backend.url), None).await?,
     );
     let secrets: Arc<Api<Secret>> = Arc::new(Api::namespaced(cluster.client().await, &ns));
     let forwarder = bench::forwarder::Forwarder::spawn(&format!("127.0.0.1:{}", cluster.port()))?;
+    let forwarder_probe = ProcessProbe::new(forwarder.pid());
     let via_forwarder: Arc<Api<Secret>> = Arc::new(Api::namespaced(
         client_through(&cluster, &forwarder.addr()).await?,
         &ns,
@@ -193,14 +209,18 @@ async fn bench_all() -> Result<Report, String> {
         // store's speed drifts during a run, and both sides of a round see
         // the same drift.
         let name = format!("get c{concurrency}");
-        let paired = bench::run_paired(
-            bench::harness::get_cycling(&target, &get_ids, 1),
-            secret_get_cycling(&secrets, &get_ids, &names),
-            &options(concurrency, GET_OPS),
-            GET_ROUNDS,
-        )
-        .await?;
-        bench::harness::paired_rows(&mut report, &name, "backend", paired)?;
+        let (paired, cost) = probe
+            .measure_paired(bench::run_paired(
+                bench::harness::get_cycling(&target, &get_ids, 1),
+                secret_get_cycling(&secrets, &get_ids, &names),
+                &options(concurrency, GET_OPS),
+                GET_ROUNDS,
+            ))
+            .await?;
+        bench::harness::paired_rows_with_cost(&mut report, &name, "backend", paired, Some(cost))?;
+        if concurrency == 1 {
+            startup.annotate(&mut report);
+        }
         // The floor: the same GET through a process that only copies bytes
         // (TLS passes through it untouched).
         bench::harness::floor_rows(
@@ -209,8 +229,22 @@ async fn bench_all() -> Result<Report, String> {
             secret_get_cycling(&secrets, &get_ids, &names),
             &options(concurrency, GET_OPS),
             GET_ROUNDS,
+            Some(&forwarder_probe),
         )
         .await?;
+        let backend_row = format!("{name} backend");
+        p50_over(
+            &mut report,
+            &backend_row,
+            &format!("{name} direct"),
+            "p50 over direct",
+        )?;
+        p50_over(
+            &mut report,
+            &backend_row,
+            &format!("floor c{concurrency} forwarder"),
+            "p50 over floor",
+        )?;
     }
 
     let value = Arc::new(value);
@@ -281,24 +315,34 @@ async fn bench_all() -> Result<Report, String> {
         let pool = Pool::new(slots);
         let (t, v) = (Arc::clone(&target), Arc::clone(&value));
         let name = format!("update c{concurrency} backend");
-        let stats = bench::run(
-            move |_| {
-                let (t, pool, v) = (Arc::clone(&t), Arc::clone(&pool), Arc::clone(&v));
-                async move {
-                    let (id, rev) = pool.take()?;
-                    let result = t.update(&id, rev, &v, None).await;
-                    pool.give((id, rev + 1));
-                    result.map_err(|s| s.to_string())
-                }
-            },
-            &options(concurrency, UPDATE_OPS),
-        )
-        .await?;
-        report.row(&name, checked(&name, stats)?);
+        let (stats, cost) = probe
+            .measure(bench::run(
+                move |_| {
+                    let (t, pool, v) = (Arc::clone(&t), Arc::clone(&pool), Arc::clone(&v));
+                    async move {
+                        let (id, rev) = pool.take()?;
+                        let result = t.update(&id, rev, &v, None).await;
+                        pool.give((id, rev + 1));
+                        result.map_err(|s| s.to_string())
+                    }
+                },
+                &options(concurrency, UPDATE_OPS),
+            ))
+            .await?;
+        report.row_with_cost(&name, checked(&name, stats)?, cost);
         let backend_row = format!("update c{concurrency} backend");
         report.compare(&backend_row, &format!("update c{concurrency} direct"))?;
         report.compare(&backend_row, &format!("update c{concurrency} direct-5"))?;
+        // direct-5 makes the backend's own store calls.
+        p50_over(
+            &mut report,
+            &backend_row,
+            &format!("update c{concurrency} direct-5"),
+            "p50 over direct",
+        )?;
     }
+
+    bench::harness::size_sweep(&mut report, &target, &probe, "bench-sweep", WARMUP_OPS).await?;
     drop(backend);
     drop(cluster);
     Ok(report)

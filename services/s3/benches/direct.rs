@@ -3,7 +3,7 @@
 //! server (one bucket, unversioned).
 //!
 //! `cargo bench -p s3 --bench direct` (needs `moto_server`: see tests/setup.sh).
-//! Rows, at concurrency 1 and 16, a fixed number of calls each:
+//! Rows, at concurrency 1 and 32, a fixed number of calls each:
 //! - `get cN backend`: GetValue of revision 1 through the backend;
 //! - `get cN direct`: the two GetObjects the backend makes (the head
 //!   `capact/<id>/head`, then `capact/<id>/<life>/1`), run in alternating
@@ -19,7 +19,14 @@
 //!   the backend row like the get rows;
 //! - `update cN put-only`: one create-only PutObject of a new key, the
 //!   cheapest write S3 has, which alone could not keep the contract (no
-//!   lock check, no atomic claim of the revision).
+//!   lock check, no atomic claim of the revision);
+//! - `floor cN forwarder` / `floor cN direct`: the two GetObjects of the get
+//!   rows through a process that only copies bytes, and straight;
+//! - `get c1 64 KiB`, `update c1 1 MiB`, ...: the value-size sweep.
+//!
+//! Every backend row carries the backend's CPU time per call and peak RSS
+//! (from /proc), the forwarder rows the forwarder's; the first backend row
+//! its start to SERVING and idle RSS.
 //!
 //! Timings are printed, never asserted. Without `--bench` (e.g. `cargo test
 //! --benches`) it does nothing.
@@ -27,27 +34,28 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::{process::ExitCode, sync::Arc};
+use std::{process::ExitCode, sync::Arc, time::Instant};
 
 use aws_sdk_s3::{Client, primitives::ByteStream};
 use bench::{
-    Report, RunOptions,
+    ProcessProbe, Report, RunOptions,
     cli::make_value,
-    harness::{CyclingOp, Pool, checked},
+    harness::{CyclingOp, Pool, Startup, checked, p50_over},
 };
 use bytes::Bytes;
 use support::{Moto, PREFIX, backend_env, create_bucket, s3_client, s3_client_at, start_backend};
 
 const BUCKET: &str = "bench";
 const VALUE_SIZE: usize = 1024;
-const GET_OPS: u64 = 2000;
+// Enough calls that each row's backend CPU spans some 30 or more 10 ms ticks.
+const GET_OPS: u64 = 3000;
 /// Alternating backend/direct rounds the get rows are split into.
 const GET_ROUNDS: u64 = 20;
-const UPDATE_OPS: u64 = 300;
+const UPDATE_OPS: u64 = 600;
 /// Alternating backend/direct rounds the update rows are split into.
 const UPDATE_ROUNDS: u64 = 10;
 const WARMUP_OPS: u64 = 30;
-const CONCURRENCY: [usize; 2] = [1, 16];
+const CONCURRENCY: [usize; 2] = [1, 32];
 /// TypeInstances read by the get rows (workers pick one by call number).
 const GET_IDS: usize = 16;
 
@@ -167,17 +175,22 @@ async fn bench_all() -> Result<Report, String> {
     let forwarder =
         bench::forwarder::Forwarder::spawn(moto.endpoint().trim_start_matches("http://"))?;
     let via_forwarder = Arc::new(s3_client_at(format!("http://{}", forwarder.addr())).await);
+    let forwarder_probe = ProcessProbe::new(forwarder.pid());
     create_bucket(&direct, BUCKET, false).await;
     // The backend's metrics split its latency: handler vs S3 calls.
     let metrics_port = testkit::free_port();
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let spawned = Instant::now();
     let backend = start_backend(&backend_env(
         &moto,
         BUCKET,
         &[("APP_METRICS_ADDR", &metrics_addr)],
-    ))
-    .serving()
-    .await;
+    ));
+    let probe = ProcessProbe::new(backend.pid().ok_or("the backend is not running")?);
+    let startup = Startup::measure(&backend.url, spawned, &probe).await;
+    // testkit's wait panics with the backend's log if it never got there.
+    let backend = backend.serving().await;
+    let startup = startup?;
     let target = Arc::new(
         conformance::Target::connect(&conformance::Connect::plain(&backend.url), None).await?,
     );
@@ -216,14 +229,18 @@ async fn bench_all() -> Result<Report, String> {
         // between runs by more than the hop costs.
         let name = format!("get c{concurrency}");
         let before = bench::harness::scrape(metrics_port)?;
-        let paired = bench::run_paired(
-            bench::harness::get_cycling(&target, &get_ids, 1),
-            get_object_cycling(&direct, &get_ids),
-            &options(concurrency, GET_OPS),
-            GET_ROUNDS,
-        )
-        .await?;
-        bench::harness::paired_rows(&mut report, &name, "backend", paired)?;
+        let (paired, cost) = probe
+            .measure_paired(bench::run_paired(
+                bench::harness::get_cycling(&target, &get_ids, 1),
+                get_object_cycling(&direct, &get_ids),
+                &options(concurrency, GET_OPS),
+                GET_ROUNDS,
+            ))
+            .await?;
+        bench::harness::paired_rows_with_cost(&mut report, &name, "backend", paired, Some(cost))?;
+        if concurrency == 1 {
+            startup.annotate(&mut report);
+        }
         bench::harness::split(
             &mut report,
             &format!("{name} backend"),
@@ -240,8 +257,22 @@ async fn bench_all() -> Result<Report, String> {
             get_object_cycling(&direct, &get_ids),
             &options(concurrency, GET_OPS),
             GET_ROUNDS,
+            Some(&forwarder_probe),
         )
         .await?;
+        let backend_row = format!("{name} backend");
+        p50_over(
+            &mut report,
+            &backend_row,
+            &format!("{name} direct"),
+            "p50 over direct",
+        )?;
+        p50_over(
+            &mut report,
+            &backend_row,
+            &format!("floor c{concurrency} forwarder"),
+            "p50 over floor",
+        )?;
     }
 
     for concurrency in CONCURRENCY {
@@ -306,16 +337,32 @@ async fn bench_all() -> Result<Report, String> {
             }
         };
         let name = format!("update c{concurrency}");
-        let paired = bench::run_paired(
-            backend_op,
-            direct_op,
-            &options(concurrency, UPDATE_OPS),
-            UPDATE_ROUNDS,
-        )
-        .await?;
-        bench::harness::paired_rows(&mut report, &name, "backend", paired)?;
+        let (paired, cost) = probe
+            .measure_paired(bench::run_paired(
+                backend_op,
+                direct_op,
+                &options(concurrency, UPDATE_OPS),
+                UPDATE_ROUNDS,
+            ))
+            .await?;
+        bench::harness::paired_rows_with_cost(&mut report, &name, "backend", paired, Some(cost))?;
         report.compare(&format!("{name} backend"), &format!("{name} put-only"))?;
+        p50_over(
+            &mut report,
+            &format!("{name} backend"),
+            &format!("{name} direct"),
+            "p50 over direct",
+        )?;
     }
+
+    bench::harness::size_sweep(
+        &mut report,
+        &target,
+        &probe,
+        &format!("bench-{run_id}-sweep"),
+        WARMUP_OPS,
+    )
+    .await?;
     drop(backend);
     drop(moto);
     Ok(report)

@@ -1,7 +1,13 @@
 //! The `sops-git-backend` binary (gRPC) over a file:// remote: GetValue and
-//! OnUpdate at concurrency 1 and 16, GetValue of revision 1 against revision
-//! 1000 of one TypeInstance with 1000 revisions, and OnUpdate against a plain
-//! `git add && git commit && git push` of the same change.
+//! OnUpdate at concurrency 1 and 32, GetValue of revision 1 against revision
+//! 1000 of one TypeInstance with 1000 revisions, OnUpdate against a plain
+//! `git add && git commit && git push` of the same change, and the
+//! value-size sweep (`get c1 64 KiB`, `update c1 1 MiB`, ...).
+//!
+//! Every backend row carries the backend's CPU time per call and peak RSS
+//! (from /proc): Git and SOPS run inside the backend process, so that CPU
+//! includes the store's work. The first row carries the start to SERVING
+//! and idle RSS.
 //!
 //! `cargo bench -p sops-git --bench direct` (needs git; see tests/run.sh).
 //! Timings are printed, never asserted. Without `--bench` (e.g. `cargo test
@@ -14,25 +20,27 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},
     sync::Arc,
+    time::Instant,
 };
 
 use bench::{
-    Report, RunOptions, Stats,
+    Cost, ProcessProbe, Report, RunOptions, Stats,
     cli::make_value,
-    harness::{Pool, checked},
+    harness::{Pool, Startup, checked, p50_over},
 };
-use support::{bare_repo, git, start_backend, target};
+use support::{bare_repo, git, spawn_backend_on, target, ti_dir};
 
 const VALUE_SIZE: usize = 1024;
-const GET_OPS: u64 = 400;
-const UPDATE_OPS: u64 = 100;
+// Enough calls that each row's backend CPU spans some 30 or more 10 ms ticks.
+const GET_OPS: u64 = 3000;
+const UPDATE_OPS: u64 = 300;
 const WARMUP_OPS: u64 = 10;
-const CONCURRENCY: [usize; 2] = [1, 16];
+const CONCURRENCY: [usize; 2] = [1, 32];
 /// TypeInstances read by the get rows (workers pick one by call number).
 const GET_IDS: usize = 16;
 /// Revisions of the TypeInstance of the history rows.
 const HISTORY: u32 = 1000;
-const HISTORY_GET_OPS: u64 = 200;
+const HISTORY_GET_OPS: u64 = 1000;
 const GIT_OPS: u64 = 50;
 /// The backend's default `APP_GIT_PREFIX`.
 const GIT_PREFIX: &str = "typeinstances";
@@ -50,38 +58,47 @@ fn options(concurrency: usize, ops: u64, warmup_ops: u64) -> RunOptions {
     }
 }
 
-/// GetValue of `rev` of the ids (picked by call number).
+/// GetValue of `rev` of the ids (picked by call number), with its cost.
 async fn get_row(
     t: &Arc<conformance::Target>,
+    probe: &ProcessProbe,
     ids: &Arc<[String]>,
     rev: u32,
     options: &RunOptions,
-) -> Result<Stats, String> {
-    bench::run(bench::harness::get_cycling(t, ids, rev), options).await
+) -> Result<(Stats, Cost), String> {
+    probe
+        .measure(bench::run(
+            bench::harness::get_cycling(t, ids, rev),
+            options,
+        ))
+        .await
 }
 
-/// OnUpdate of the next revision, each worker on its own TypeInstance.
+/// OnUpdate of the next revision, each worker on its own TypeInstance,
+/// with its cost.
 async fn update_row(
     t: &Arc<conformance::Target>,
+    probe: &ProcessProbe,
     slots: Vec<(String, u32)>,
     value: &[u8],
     options: &RunOptions,
-) -> Result<Stats, String> {
+) -> Result<(Stats, Cost), String> {
     let pool = Pool::new(slots);
     let (t, value) = (Arc::clone(t), Arc::<[u8]>::from(value));
-    bench::run(
-        move |_| {
-            let (t, pool, value) = (Arc::clone(&t), Arc::clone(&pool), Arc::clone(&value));
-            async move {
-                let (id, rev) = pool.take()?;
-                let result = t.update(&id, rev, &value, None).await;
-                pool.give((id, rev + 1));
-                result.map_err(|s| s.to_string())
-            }
-        },
-        options,
-    )
-    .await
+    probe
+        .measure(bench::run(
+            move |_| {
+                let (t, pool, value) = (Arc::clone(&t), Arc::clone(&pool), Arc::clone(&value));
+                async move {
+                    let (id, rev) = pool.take()?;
+                    let result = t.update(&id, rev, &value, None).await;
+                    pool.give((id, rev + 1));
+                    result.map_err(|s| s.to_string())
+                }
+            },
+            options,
+        ))
+        .await
 }
 
 /// `git` with the arguments; Err(stderr) on failure.
@@ -140,7 +157,17 @@ fn git_commit_push(checkout: &Path, dir: &Path, sops_file: &[u8], n: u64) -> Res
 async fn bench_all() -> Result<Report, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let remote = bare_repo(dir.path(), "remote.git");
-    let backend = start_backend(&dir.path().join("data"), &[("APP_GIT_REMOTE", &remote)]).await;
+    let spawned = Instant::now();
+    let backend = spawn_backend_on(
+        testkit::free_port(),
+        &dir.path().join("data"),
+        &[("APP_GIT_REMOTE", &remote)],
+    );
+    let probe = ProcessProbe::new(backend.pid().ok_or("the backend is not running")?);
+    let startup = Startup::measure(&backend.url, spawned, &probe).await;
+    // testkit's wait panics with the backend's log if it never got there.
+    let backend = backend.serving().await;
+    let startup = startup?;
     let t = Arc::new(target(&backend.url).await);
     let value = make_value(VALUE_SIZE);
 
@@ -179,8 +206,12 @@ async fn bench_all() -> Result<Report, String> {
     }
     for concurrency in CONCURRENCY {
         let name = format!("get c{concurrency}");
-        let stats = get_row(&t, &get_ids, 1, &options(concurrency, GET_OPS, WARMUP_OPS)).await?;
-        report.row(&name, checked(&name, stats)?);
+        let opts = options(concurrency, GET_OPS, WARMUP_OPS);
+        let (stats, cost) = get_row(&t, &probe, &get_ids, 1, &opts).await?;
+        report.row_with_cost(&name, checked(&name, stats)?, cost);
+        if concurrency == 1 {
+            startup.annotate(&mut report);
+        }
     }
 
     // OnUpdate at concurrency 1, then the same change with the git CLI.
@@ -196,17 +227,23 @@ async fn bench_all() -> Result<Report, String> {
             .map_err(|s| format!("create {id}: {s}"))?;
         c1_slots.push((id, 2));
     }
-    let stats = update_row(&t, c1_slots, &value, &options(1, UPDATE_OPS, WARMUP_OPS)).await?;
-    report.row("update c1", checked("update c1", stats)?);
+    let opts = options(1, UPDATE_OPS, WARMUP_OPS);
+    let (stats, cost) = update_row(&t, &probe, c1_slots, &value, &opts).await?;
+    report.row_with_cost("update c1", checked("update c1", stats)?, cost);
 
     let checkout = dir.path().join("checkout");
     git(
         dir.path(),
         &["clone", "-q", "-b", "main", &remote, "checkout"],
     );
-    let sops_file = std::fs::read(checkout.join(GIT_PREFIX).join("upd-c1-0/2.sops.yaml"))
-        .map_err(|e| format!("reading a SOPS file the backend wrote: {e}"))?;
-    let git_dir: PathBuf = checkout.join(GIT_PREFIX).join("bench-git");
+    // In the layout the backend writes (sha256 fan-out directories).
+    let sops_file = std::fs::read(
+        checkout
+            .join(ti_dir(GIT_PREFIX, "upd-c1-0"))
+            .join("2.sops.yaml"),
+    )
+    .map_err(|e| format!("reading a SOPS file the backend wrote: {e}"))?;
+    let git_dir: PathBuf = checkout.join(ti_dir(GIT_PREFIX, "bench-git"));
     std::fs::create_dir_all(&git_dir).map_err(|e| e.to_string())?;
     let shared = Arc::new((checkout, git_dir, sops_file));
     let stats = bench::run(
@@ -226,17 +263,24 @@ async fn bench_all() -> Result<Report, String> {
     .await?;
     report.row("git commit+push", checked("git commit+push", stats)?);
     report.compare("update c1", "git commit+push")?;
+    p50_over(
+        &mut report,
+        "update c1",
+        "git commit+push",
+        "p50 over direct",
+    )?;
 
-    // OnUpdate at concurrency 16 (every worker its own TypeInstance).
+    // OnUpdate at concurrency 32 (every worker its own TypeInstance).
     let mut slots = Vec::new();
-    for id in update_ids(16) {
+    for id in update_ids(32) {
         t.create(&id, &value)
             .await
             .map_err(|s| format!("create {id}: {s}"))?;
         slots.push((id, 2));
     }
-    let stats = update_row(&t, slots, &value, &options(16, UPDATE_OPS, WARMUP_OPS)).await?;
-    report.row("update c16", checked("update c16", stats)?);
+    let opts = options(32, UPDATE_OPS, WARMUP_OPS);
+    let (stats, cost) = update_row(&t, &probe, slots, &value, &opts).await?;
+    report.row_with_cost("update c32", checked("update c32", stats)?, cost);
 
     // One TypeInstance with HISTORY revisions, written through the backend
     // (the row doubles as OnUpdate into a directory that keeps growing).
@@ -244,22 +288,35 @@ async fn bench_all() -> Result<Report, String> {
     t.create(&many[0], &value)
         .await
         .map_err(|s| format!("create many: {s}"))?;
-    let stats = update_row(
+    let (stats, cost) = update_row(
         &t,
+        &probe,
         vec![(many[0].clone(), 2)],
         &value,
         &options(1, u64::from(HISTORY - 1), 0),
     )
     .await?;
-    report.row("update rev 2..1000", checked("update rev 2..1000", stats)?);
-    let first = get_row(&t, &many, 1, &options(1, HISTORY_GET_OPS, WARMUP_OPS)).await?;
-    report.row("get rev 1 of 1000", checked("get rev 1 of 1000", first)?);
-    let last = get_row(&t, &many, HISTORY, &options(1, HISTORY_GET_OPS, WARMUP_OPS)).await?;
-    report.row(
+    report.row_with_cost(
+        "update rev 2..1000",
+        checked("update rev 2..1000", stats)?,
+        cost,
+    );
+    let opts = options(1, HISTORY_GET_OPS, WARMUP_OPS);
+    let (first, cost) = get_row(&t, &probe, &many, 1, &opts).await?;
+    report.row_with_cost(
+        "get rev 1 of 1000",
+        checked("get rev 1 of 1000", first)?,
+        cost,
+    );
+    let (last, cost) = get_row(&t, &probe, &many, HISTORY, &opts).await?;
+    report.row_with_cost(
         "get rev 1000 of 1000",
         checked("get rev 1000 of 1000", last)?,
+        cost,
     );
     report.compare("get rev 1000 of 1000", "get rev 1 of 1000")?;
+
+    bench::harness::size_sweep(&mut report, &t, &probe, "sweep", WARMUP_OPS).await?;
     drop(backend);
     Ok(report)
 }

@@ -3,17 +3,25 @@
 //! OpenBao dev server (in memory, KV v2 at `secret/`).
 //!
 //! `cargo bench -p vault --bench direct` (needs `bao`: see tests/setup.sh).
-//! Rows, at concurrency 1 and 16, a fixed number of calls each:
+//! Rows, at concurrency 1 and 32, a fixed number of calls each:
+//! - `hop c1 (health check)`: a gRPC health check, answered from memory;
+//!   it carries the backend's start to SERVING and idle RSS;
 //! - `get cN backend`: GetValue of revision 1 through the backend;
-//! - `get cN direct`: a kv2 read of the same revision secret
-//!   (`capact/<id>/<life>/1`; the backend also reads the head first);
+//! - `get cN direct`: the two kv2 reads the backend makes for it (the head
+//!   `capact/<id>/meta`, then the revision secret `capact/<id>/<life>/1`);
 //! - `update cN backend`: OnUpdate to the next revision, each worker on its
 //!   own TypeInstance;
 //! - `update cN direct`: one kv2 set with cas (the brief's "direct" write);
 //! - `update cN direct-4`: the four kv2 calls the backend makes for one
 //!   OnUpdate (read the head, claim the revision in it with cas, write the
 //!   revision with cas=0, commit the head with cas), to separate the gRPC
-//!   hop from the layout's cost.
+//!   hop from the layout's cost;
+//! - `floor cN forwarder` / `floor cN direct`: the kv2 read of the get rows
+//!   through a process that only copies bytes, and straight;
+//! - `get c1 64 KiB`, `update c1 1 MiB`, ...: the value-size sweep.
+//!
+//! Every backend row carries the backend's CPU time per call and peak RSS
+//! (from /proc), the forwarder rows the forwarder's.
 //!
 //! Timings are printed, never asserted. Without `--bench` (e.g. `cargo test
 //! --benches`) it does nothing.
@@ -21,13 +29,13 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::{process::ExitCode, sync::Arc};
+use std::{process::ExitCode, sync::Arc, time::Instant};
 
 use base64::Engine as _;
 use bench::{
-    Report, RunOptions,
+    ProcessProbe, Report, RunOptions,
     cli::make_value,
-    harness::{CyclingOp, Pool, checked},
+    harness::{CyclingOp, Pool, Startup, checked, p50_over},
 };
 use serde_json::{Map, Value as Json, json};
 use shared::engine::{Head, Intent};
@@ -41,12 +49,13 @@ const MOUNT: &str = "secret";
 /// The backend's default `APP_VAULT_PATH_PREFIX`.
 const PREFIX: &str = "capact";
 const VALUE_SIZE: usize = 1024;
-const GET_OPS: u64 = 2000;
+// Enough calls that each row's backend CPU spans some 30 or more 10 ms ticks.
+const GET_OPS: u64 = 6000;
 /// Alternating backend/direct rounds the get rows are split into.
 const GET_ROUNDS: u64 = 20;
-const UPDATE_OPS: u64 = 600;
+const UPDATE_OPS: u64 = 1500;
 const WARMUP_OPS: u64 = 50;
-const CONCURRENCY: [usize; 2] = [1, 16];
+const CONCURRENCY: [usize; 2] = [1, 32];
 /// TypeInstances read by the get rows (workers pick one by call number).
 const GET_IDS: usize = 16;
 
@@ -138,13 +147,19 @@ async fn set_cas(
         .map_err(|e| format!("set {path}: {e}"))
 }
 
-/// A kv2 read of each of `paths` in turn, as the backend makes it for
-/// GetValue after reading the head.
+/// The two kv2 reads the backend makes for GetValue, for each of `paths`
+/// (revision secrets `capact/<id>/<life>/<rev>`) in turn: the head
+/// (`capact/<id>/meta`), then the revision.
 fn kv2_read_cycling(client: &Arc<VaultClient>, paths: &Arc<[String]>) -> CyclingOp {
     let client = Arc::clone(client);
     bench::harness::cycling(paths, move |path| {
         let (client, path) = (Arc::clone(&client), path.to_owned());
+        let id_dir = path.rsplitn(3, '/').nth(2).unwrap_or_default().to_owned();
         async move {
+            let head = format!("{id_dir}/meta");
+            vaultrs::kv2::read::<Map<String, Json>>(client.as_ref(), MOUNT, &head)
+                .await
+                .map_err(|e| format!("read {head}: {e}"))?;
             vaultrs::kv2::read::<Map<String, Json>>(client.as_ref(), MOUNT, &path)
                 .await
                 .map(drop)
@@ -162,13 +177,17 @@ async fn bench_all() -> Result<Report, String> {
     // handler vs time in the Vault call; the rest is the gRPC hop.
     let metrics_port = testkit::free_port();
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let spawned = Instant::now();
     let backend = support::start_backend(&[
         ("VAULT_ADDR", &addr),
         ("VAULT_TOKEN", ROOT_TOKEN),
         ("APP_METRICS_ADDR", &metrics_addr),
-    ])
-    .serving()
-    .await;
+    ]);
+    let probe = ProcessProbe::new(backend.pid().ok_or("the backend is not running")?);
+    let startup = Startup::measure(&backend.url, spawned, &probe).await;
+    // testkit's wait panics with the backend's log if it never got there.
+    let backend = backend.serving().await;
+    let startup = startup?;
     let target = Arc::new(
         conformance::Target::connect(&conformance::Connect::plain(&backend.url), None).await?,
     );
@@ -178,6 +197,7 @@ async fn bench_all() -> Result<Report, String> {
             .trim_start_matches("https://"),
     )?;
     let via_forwarder = Arc::new(vault_client(&format!("http://{}", forwarder.addr()))?);
+    let forwarder_probe = ProcessProbe::new(forwarder.pid());
     let value = make_value(VALUE_SIZE);
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let run_id = &run_id[..8];
@@ -219,21 +239,23 @@ async fn bench_all() -> Result<Report, String> {
         .await
         .map_err(|e| e.to_string())?;
     let health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let stats = bench::run(
-        move |_| {
-            let mut health = health.clone();
-            async move {
-                health
-                    .check(tonic_health::pb::HealthCheckRequest::default())
-                    .await
-                    .map(drop)
-                    .map_err(|s| s.to_string())
-            }
-        },
-        &options(1, GET_OPS),
-    )
-    .await?;
-    report.row("hop c1 (health check)", checked("hop", stats)?);
+    let (stats, cost) = probe
+        .measure(bench::run(
+            move |_| {
+                let mut health = health.clone();
+                async move {
+                    health
+                        .check(tonic_health::pb::HealthCheckRequest::default())
+                        .await
+                        .map(drop)
+                        .map_err(|s| s.to_string())
+                }
+            },
+            &options(1, GET_OPS),
+        ))
+        .await?;
+    report.row_with_cost("hop c1 (health check)", checked("hop", stats)?, cost);
+    startup.annotate(&mut report);
 
     for concurrency in CONCURRENCY {
         // Backend and direct in alternating rounds (bench::run_paired): the
@@ -241,14 +263,15 @@ async fn bench_all() -> Result<Report, String> {
         // the same drift.
         let name = format!("get c{concurrency}");
         let before = bench::harness::scrape(metrics_port)?;
-        let paired = bench::run_paired(
-            bench::harness::get_cycling(&target, &get_ids, 1),
-            kv2_read_cycling(&direct, &get_paths),
-            &options(concurrency, GET_OPS),
-            GET_ROUNDS,
-        )
-        .await?;
-        bench::harness::paired_rows(&mut report, &name, "backend", paired)?;
+        let (paired, cost) = probe
+            .measure_paired(bench::run_paired(
+                bench::harness::get_cycling(&target, &get_ids, 1),
+                kv2_read_cycling(&direct, &get_paths),
+                &options(concurrency, GET_OPS),
+                GET_ROUNDS,
+            ))
+            .await?;
+        bench::harness::paired_rows_with_cost(&mut report, &name, "backend", paired, Some(cost))?;
         bench::harness::split(
             &mut report,
             &format!("{name} backend"),
@@ -264,8 +287,22 @@ async fn bench_all() -> Result<Report, String> {
             kv2_read_cycling(&direct, &get_paths),
             &options(concurrency, GET_OPS),
             GET_ROUNDS,
+            Some(&forwarder_probe),
         )
         .await?;
+        let backend_row = format!("{name} backend");
+        p50_over(
+            &mut report,
+            &backend_row,
+            &format!("{name} direct"),
+            "p50 over direct",
+        )?;
+        p50_over(
+            &mut report,
+            &backend_row,
+            &format!("floor c{concurrency} forwarder"),
+            "p50 over floor",
+        )?;
     }
 
     // OnUpdate: every worker writes its own TypeInstance / secret.
@@ -338,20 +375,21 @@ async fn bench_all() -> Result<Report, String> {
         let (t, value2) = (Arc::clone(&target), value.clone());
         let name = format!("update c{concurrency} backend");
         let before = bench::harness::scrape(metrics_port)?;
-        let stats = bench::run(
-            move |_| {
-                let (t, pool, value) = (Arc::clone(&t), Arc::clone(&pool), value2.clone());
-                async move {
-                    let (id, rev) = pool.take()?;
-                    let result = t.update(&id, rev, &value, None).await;
-                    pool.give((id, rev + 1));
-                    result.map_err(|s| s.to_string())
-                }
-            },
-            &options(concurrency, UPDATE_OPS),
-        )
-        .await?;
-        report.row(&name, checked(&name, stats)?);
+        let (stats, cost) = probe
+            .measure(bench::run(
+                move |_| {
+                    let (t, pool, value) = (Arc::clone(&t), Arc::clone(&pool), value2.clone());
+                    async move {
+                        let (id, rev) = pool.take()?;
+                        let result = t.update(&id, rev, &value, None).await;
+                        pool.give((id, rev + 1));
+                        result.map_err(|s| s.to_string())
+                    }
+                },
+                &options(concurrency, UPDATE_OPS),
+            ))
+            .await?;
+        report.row_with_cost(&name, checked(&name, stats)?, cost);
         bench::harness::split(
             &mut report,
             &name,
@@ -363,7 +401,23 @@ async fn bench_all() -> Result<Report, String> {
         let backend_row = format!("update c{concurrency} backend");
         report.compare(&backend_row, &format!("update c{concurrency} direct"))?;
         report.compare(&backend_row, &format!("update c{concurrency} direct-4"))?;
+        // direct-4 makes the backend's own store calls.
+        p50_over(
+            &mut report,
+            &backend_row,
+            &format!("update c{concurrency} direct-4"),
+            "p50 over direct",
+        )?;
     }
+
+    bench::harness::size_sweep(
+        &mut report,
+        &target,
+        &probe,
+        &format!("bench-{run_id}-sweep"),
+        WARMUP_OPS,
+    )
+    .await?;
     drop(backend);
     drop(bao);
     Ok(report)

@@ -55,6 +55,12 @@ pub struct Cli {
     /// Report format.
     #[arg(long, env = "STORAGE_BENCH_FORMAT", value_enum, default_value = "text")]
     pub format: Format,
+
+    /// Process id of the backend (on this machine): adds its CPU time per
+    /// call and its RSS (before the run, and the peak during it), read from
+    /// /proc.
+    #[arg(long, env = "STORAGE_BENCH_BACKEND_PID")]
+    pub backend_pid: Option<u32>,
 }
 
 /// How long to run: a duration or a number of calls.
@@ -93,6 +99,8 @@ impl Op {
 pub enum Format {
     Text,
     Json,
+    /// The Markdown table BENCHMARKS.md shows.
+    Markdown,
 }
 
 fn parse_context(raw: &str) -> Result<Bytes, String> {
@@ -265,6 +273,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
         prefix,
     });
     let concurrency = cli.concurrency;
+    let probe = cli.backend_pid.map(crate::ProcessProbe::new);
+    // Before the run stores anything through the backend.
+    let idle = match &probe {
+        Some(p) => Some(p.read().map_err(Error::usage)?),
+        None => None,
+    };
 
     let pool_ids = match cli.op {
         Op::Create => Vec::new(),
@@ -284,8 +298,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
     // create: the highest sequence number tried, to know what to delete.
     let created = Arc::new(AtomicU64::new(0));
 
+    let row = measure(cli.op, &bench, &pool, &pool_ids, &created, &options);
     let measured = tokio::select! {
-        stats = measure(cli.op, &bench, &pool, &pool_ids, &created, &options) => Some(stats),
+        stats = async {
+            match &probe {
+                Some(p) => p.measure(row).await.map(|(s, c)| (s, Some(c))),
+                None => row.await.map(|s| (s, None)),
+            }
+        } => Some(stats),
         _ = tokio::signal::ctrl_c() => None,
     };
 
@@ -299,7 +319,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
         eprintln!("interrupted: cleaned up, no report");
         return Ok(ExitCode::from(130));
     };
-    let stats = stats.map_err(Error::other)?;
+    let (stats, cost) = stats.map_err(Error::other)?;
 
     let mut report = Report::new(format!(
         "storage-bench: {} against {} {}",
@@ -320,11 +340,24 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
     if let Some(n) = cli.amount.ops {
         report.param("ops", n);
     }
+    if let Some(pid) = cli.backend_pid {
+        report.param("backend_pid", pid);
+    }
     let failed = (stats.errors, stats.ops);
-    report.row(cli.op.name(), stats);
+    match cost {
+        Some(cost) => report.row_with_cost(cli.op.name(), stats, cost),
+        None => report.row(cli.op.name(), stats),
+    };
+    if let Some(idle) = idle {
+        report.extra(
+            "RSS before",
+            format!("{:.1} MiB", idle.rss_kib as f64 / 1024.0),
+        );
+    }
     let text = match cli.format {
         Format::Text => report.to_text(),
         Format::Json => report.to_json().map_err(Error::other)? + "\n",
+        Format::Markdown => report.to_markdown(),
     };
     print!("{text}");
     if failed.0 > 0 {
@@ -473,6 +506,10 @@ mod tests {
         let cli = parse(&["--duration", "10s", "--concurrency", "8"]).expect("parses");
         assert_eq!(cli.amount.duration, Some(Duration::from_secs(10)));
         assert_eq!(cli.concurrency, 8);
+        assert_eq!(cli.backend_pid, None);
+        let cli = parse(&["--ops", "5", "--backend-pid", "42"]).expect("parses");
+        assert_eq!(cli.backend_pid, Some(42));
+        assert!(parse(&["--ops", "5", "--backend-pid", "x"]).is_err());
         assert!(parse(&["--ops", "5", "--context", "{bad"]).is_err());
     }
 

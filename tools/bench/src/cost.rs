@@ -114,6 +114,22 @@ impl ProcessProbe {
         Ok((stats.clone(), self.cost(ticks, stats.ops, after)))
     }
 
+    /// Runs alternating backend/direct rounds ([`crate::run_paired`]) and
+    /// adds what they cost the process, per call of the backend side: the
+    /// direct side never reaches the backend, so its CPU is the backend's.
+    pub async fn measure_paired<F>(&self, rounds: F) -> Result<(crate::Paired, Cost), String>
+    where
+        F: Future<Output = Result<crate::Paired, String>>,
+    {
+        self.reset_peak();
+        let before = self.ticks()?;
+        let paired = rounds.await?;
+        let ticks = self.ticks()?.saturating_sub(before);
+        let after = self.read()?;
+        let cost = self.cost(ticks, paired.backend.ops, after);
+        Ok((paired, cost))
+    }
+
     /// The cost of `calls` that took `ticks` of CPU, with the memory of
     /// `after`.
     pub fn cost(&self, ticks: u64, calls: u64, after: Reading) -> Cost {

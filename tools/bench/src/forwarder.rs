@@ -55,6 +55,11 @@ impl Forwarder {
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+
+    /// The forwarder's process id (to measure what copying costs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Forwarder {

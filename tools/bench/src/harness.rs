@@ -4,9 +4,10 @@ use std::{
     future::Future,
     process::ExitCode,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
-use crate::{Report, Stats};
+use crate::{Cost, ProcessProbe, Report, Stats, cost::Reading};
 
 /// `main` of a bench target: runs `bench` only under `cargo bench` (which
 /// passes `--bench`), so `cargo test --benches` stays fast, on a
@@ -152,6 +153,18 @@ pub fn paired_rows(
     through: &str,
     paired: crate::Paired,
 ) -> Result<(), String> {
+    paired_rows_with_cost(report, row, through, paired, None)
+}
+
+/// [`paired_rows`] with what the `through` side cost its process (the
+/// backend, or the forwarder of a floor row).
+pub fn paired_rows_with_cost(
+    report: &mut Report,
+    row: &str,
+    through: &str,
+    paired: crate::Paired,
+    cost: Option<Cost>,
+) -> Result<(), String> {
     let (backend, direct) = (format!("{row} {through}"), format!("{row} direct"));
     let median = paired.median_round_ratio();
     let (min, max) = paired
@@ -161,7 +174,11 @@ pub fn paired_rows(
             (lo.min(*r), hi.max(*r))
         });
     report.row(&direct, checked(&direct, paired.direct)?);
-    report.row(&backend, checked(&backend, paired.backend)?);
+    let stats = checked(&backend, paired.backend)?;
+    match cost {
+        Some(cost) => report.row_with_cost(&backend, stats, cost),
+        None => report.row(&backend, stats),
+    };
     report.compare(&backend, &direct)?;
     if let Some(m) = median {
         report.param(
@@ -177,17 +194,198 @@ pub fn paired_rows(
 
 /// The floor rows (`floor cN forwarder`, `floor cN direct`): the same store
 /// call through [`crate::forwarder`] and straight to the store, in
-/// alternating rounds like the backend rows.
+/// alternating rounds like the backend rows. With `forwarder` (its probe)
+/// the forwarder row carries what copying the bytes cost that process.
 pub async fn floor_rows(
     report: &mut Report,
     via_forwarder: CyclingOp,
     direct: CyclingOp,
     options: &crate::RunOptions,
     rounds: u64,
+    forwarder: Option<&ProcessProbe>,
 ) -> Result<(), String> {
-    let floor = crate::run_paired(via_forwarder, direct, options, rounds).await?;
+    let rounds = crate::run_paired(via_forwarder, direct, options, rounds);
+    let (floor, cost) = match forwarder {
+        Some(probe) => {
+            let (floor, cost) = probe.measure_paired(rounds).await?;
+            (floor, Some(cost))
+        }
+        None => (rounds.await?, None),
+    };
     let row = format!("floor c{}", options.concurrency);
-    paired_rows(report, &row, "forwarder", floor)
+    paired_rows_with_cost(report, &row, "forwarder", floor, cost)
+}
+
+/// Adds to `row` how much its p50 is above `base`'s (e.g. a backend row
+/// over the forwarder floor at the same concurrency), as the figure `key`.
+pub fn p50_over(report: &mut Report, row: &str, base: &str, key: &str) -> Result<(), String> {
+    let p50 = |name: &str| {
+        report
+            .rows
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| r.stats.p50.as_secs_f64() * 1e6)
+            .ok_or_else(|| format!("the report has no row {name:?}"))
+    };
+    let added = p50(row)? - p50(base)?;
+    if let Some(r) = report.rows.iter_mut().find(|r| r.name == row) {
+        r.extra.insert(key.to_owned(), format!("{added:+.0} µs"));
+    }
+    Ok(())
+}
+
+/// What starting the backend cost: spawn to the first SERVING answer, and
+/// its RSS right then (before the bench stores anything through it).
+#[derive(Clone, Copy, Debug)]
+pub struct Startup {
+    pub to_serving: Duration,
+    pub idle: Reading,
+}
+
+impl Startup {
+    /// Waits for SERVING on `url` (the process was spawned at `spawned`)
+    /// and reads the process's memory.
+    pub async fn measure(
+        url: &str,
+        spawned: Instant,
+        probe: &ProcessProbe,
+    ) -> Result<Self, String> {
+        let to_serving = wait_serving(url, spawned).await?;
+        Ok(Self {
+            to_serving,
+            idle: probe.read()?,
+        })
+    }
+
+    /// Adds "start to SERVING" and "RSS idle" to the last row of `report`.
+    pub fn annotate(&self, report: &mut Report) {
+        report
+            .extra(
+                "start to SERVING",
+                format!("{} ms", self.to_serving.as_millis()),
+            )
+            .extra(
+                "RSS idle",
+                format!("{:.1} MiB", self.idle.rss_kib as f64 / 1024.0),
+            );
+    }
+}
+
+/// Time from `spawned` to the first SERVING answer of the health service
+/// at `url`. Polled every 2 ms (testkit's own wait polls every 200 ms, too
+/// coarse for a start measured in tens of milliseconds); gives up after 30 s.
+pub async fn wait_serving(url: &str, spawned: Instant) -> Result<Duration, String> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|e| format!("backend url {url}: {e}"))?
+        .connect_timeout(Duration::from_secs(1));
+    while spawned.elapsed() < Duration::from_secs(30) {
+        if let Ok(channel) = endpoint.connect().await {
+            let answer = HealthClient::new(channel)
+                .check(HealthCheckRequest::default())
+                .await;
+            if answer.is_ok_and(|a| a.into_inner().status == ServingStatus::Serving as i32) {
+                return Ok(spawned.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Err(format!("{url} did not report SERVING within 30 s"))
+}
+
+/// The value sizes of the sweep beside the 1 KiB rows, with the calls of
+/// their GetValue and OnUpdate rows (fewer for larger values: the CPU a
+/// row measures grows with the size).
+pub const SWEEP: [(usize, u64, u64); 2] = [(64 << 10, 600, 300), (1 << 20, 80, 50)];
+
+/// "64 KiB", "1 MiB", or the exact bytes when not a whole KiB.
+pub fn size_label(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} B"),
+    }
+}
+
+/// GetValue and OnUpdate at concurrency 1 of each [`SWEEP`] size, one
+/// TypeInstance per size (`{id_prefix}-{size}`), each row measured with
+/// `probe`. Sizes above the backend's limit are lowered to it (and named
+/// by their real size); a size that would repeat the previous one is left
+/// out, and so noted in the report's parameters.
+pub async fn size_sweep(
+    report: &mut Report,
+    target: &Arc<conformance::Target>,
+    probe: &ProcessProbe,
+    id_prefix: &str,
+    warmup_ops: u64,
+) -> Result<(), String> {
+    let limit = usize::try_from(target.describe().max_value_bytes)
+        .ok()
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
+    let mut previous = 0;
+    for (size, get_ops, update_ops) in SWEEP {
+        let bytes = size.min(limit);
+        if bytes == previous {
+            report.param(
+                format!("sweep {}", size_label(size)),
+                format!("left out: the backend takes at most {limit} bytes"),
+            );
+            continue;
+        }
+        previous = bytes;
+        let label = size_label(bytes);
+        let value = crate::cli::make_value(bytes);
+        let id = format!("{id_prefix}-{bytes}");
+        target
+            .create(&id, &value)
+            .await
+            .map_err(|s| format!("create {id}: {s}"))?;
+        let ids: Arc<[String]> = Arc::from(vec![id.clone()]);
+        let options = |ops| crate::RunOptions {
+            concurrency: 1,
+            duration: None,
+            ops: Some(ops),
+            warmup_ops: warmup_ops.min(ops / 4),
+        };
+        let name = format!("get c1 {label}");
+        let (stats, cost) = probe
+            .measure(crate::run(get_cycling(target, &ids, 1), &options(get_ops)))
+            .await?;
+        report.row_with_cost(&name, checked(&name, stats)?, cost);
+
+        let name = format!("update c1 {label}");
+        let (stats, cost) = probe
+            .measure(crate::run(
+                update_cycling(target, vec![(id, 2)], value),
+                &options(update_ops),
+            ))
+            .await?;
+        report.row_with_cost(&name, checked(&name, stats)?, cost);
+    }
+    Ok(())
+}
+
+/// OnUpdate of the next revision of the slots' TypeInstances (`(id, next
+/// revision)`), each call on a slot of its own; a failed call leaves its
+/// revision to the next.
+pub fn update_cycling(
+    target: &Arc<conformance::Target>,
+    slots: Vec<(String, u32)>,
+    value: bytes::Bytes,
+) -> CyclingOp {
+    let (target, pool) = (Arc::clone(target), Pool::new(slots));
+    Box::new(move |_| {
+        let (target, pool, value) = (Arc::clone(&target), Arc::clone(&pool), value.clone());
+        Box::pin(async move {
+            let (id, rev) = pool.take()?;
+            let result = target.update(&id, rev, &value, None).await;
+            pool.give((id, if result.is_ok() { rev + 1 } else { rev }));
+            result.map(drop).map_err(|s| s.to_string())
+        })
+    })
 }
 
 /// The boxed operation [`crate::run`] / [`crate::run_paired`] take from
