@@ -44,6 +44,8 @@ version() { "$@" 2>/dev/null | head -n 1 || echo "not found"; }
 # and one build resolves features once (a `cargo bench -p` per backend would
 # rebuild shared crates with other features each time).
 # All six always, also for a subset run: the same build as a full run.
+cargo build -q -p bench --bin benchmarks-md
+MD="$TARGET_DIR/debug/benchmarks-md"
 bench_args=()
 for p in "${ALL[@]}"; do bench_args+=(-p "$p"); done
 cargo bench --no-run "${bench_args[@]}" --bench direct --message-format=json-render-diagnostics \
@@ -52,21 +54,11 @@ cargo bench --no-run "${bench_args[@]}" --bench direct --message-format=json-ren
 for p in "${PACKAGES[@]}"; do
     # The bench executable of package $p and its directory (cargo runs a
     # bench from its package's directory).
-    read -r exe dir < <(python3 - "$OUT/build.json" "$p" <<'PY'
-import json, os, sys
-for line in open(sys.argv[1]):
-    m = json.loads(line)
-    t = m.get("target", {})
-    if m.get("reason") == "compiler-artifact" and m.get("executable") \
-            and t.get("name") == "direct" and "bench" in t.get("kind", []) \
-            and os.path.basename(os.path.dirname(m["manifest_path"])) == sys.argv[2]:
-        print(m["executable"], os.path.dirname(m["manifest_path"]))
-PY
-    )
+    read -r exe dir < <("$MD" executable "$OUT/build.json" "$p")
     [ -n "${exe:-}" ] || { echo "run-all: no bench executable for $p" >&2; exit 1; }
     echo "run-all: $p" >&2
     echo "load before $p: $(uptime | sed 's/.*load average: //')" >> "$OUT/machine.txt"
-    (cd "$dir" && "$exe" --bench) > "$OUT/$p.txt" 2> "$OUT/$p.log" || {
+    (cd "$dir" && BENCH_JSON="$OUT/$p.json" "$exe" --bench) > "$OUT/$p.txt" 2> "$OUT/$p.log" || {
         echo "run-all: the $p bench failed, see $OUT/$p.log" >&2
         tail -n 20 "$OUT/$p.log" >&2
         exit 1
@@ -74,5 +66,5 @@ PY
 done
 echo "load after: $(uptime | sed 's/.*load average: //')" >> "$OUT/machine.txt"
 
-python3 "$ROOT/tools/bench/benchmarks_md.py" "$OUT" "$ROOT/BENCHMARKS.md"
+"$MD" regenerate "$OUT" "$ROOT/BENCHMARKS.md"
 echo "run-all: BENCHMARKS.md regenerated from $OUT" >&2

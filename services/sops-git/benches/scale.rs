@@ -295,7 +295,12 @@ async fn scale_rows(report: &mut Report, n: usize, value: &[u8]) -> Result<(), S
     let (get, cost) = probe
         .measure(bench::run(
             bench::harness::get_cycling(&t, &ids, 2),
-            &options(GET_OPS),
+            // One warm-up read of each: the row shows the steady cost, not
+            // the first read of each file from disk into the page cache.
+            &RunOptions {
+                warmup_ops: OPS,
+                ..options(GET_OPS)
+            },
         ))
         .await?;
     report.row_with_cost(label("get"), checked("get", get)?, cost);

@@ -218,6 +218,21 @@ pub struct GitStore {
 
 struct Inner {
     repo: Repository,
+    /// A local remote, opened once: opening it for every fetch and push
+    /// would map its pack indexes anew each time. Dropped after any error
+    /// and after its packs were merged.
+    remote: Option<Repository>,
+}
+
+impl Inner {
+    fn local_remote(&mut self, path: &Path) -> Result<&Repository> {
+        if self.remote.is_none() {
+            self.remote = Some(Repository::open(path).map_err(|e| remote_error("open", e))?);
+        }
+        self.remote
+            .as_ref()
+            .ok_or_else(|| Error::internal("the local remote is not open"))
+    }
 }
 
 impl GitStore {
@@ -254,7 +269,7 @@ impl GitStore {
             .map_err(|e| internal("opening the local clone", e))?;
         Ok(Self {
             opts,
-            inner: Mutex::new(Inner { repo }),
+            inner: Mutex::new(Inner { repo, remote: None }),
             reader: Mutex::new(reader),
             last_fetch: Mutex::new(None),
             writes: AtomicU32::new(0),
@@ -279,13 +294,22 @@ impl GitStore {
     /// Fetches the branch; a missing branch (empty remote) is fine.
     fn fetch(&self, inner: &mut Inner) -> Result<()> {
         if let Some(path) = local_path(&self.opts.remote_url) {
-            fetch_local(
-                &inner.repo,
-                &self.opts.clone_dir,
-                &path,
-                &self.opts.branch,
-                &self.tracking_ref(),
-            )?;
+            inner.local_remote(&path)?;
+            let Inner { repo, remote } = inner;
+            let result = match remote.as_ref() {
+                Some(r) => fetch_local(
+                    repo,
+                    &self.opts.clone_dir,
+                    r,
+                    &self.opts.branch,
+                    &self.tracking_ref(),
+                ),
+                None => Err(Error::internal("the local remote is not open")),
+            };
+            if result.is_err() {
+                *remote = None;
+            }
+            result?;
             self.fetched();
             return Ok(());
         }
@@ -408,7 +432,7 @@ impl GitStore {
             // waiting was answered with an error, so its change must not
             // land after that (a rollback it sent since would come first).
             abandoned.check()?;
-            match self.push(&inner.repo, commit, parent_id) {
+            match self.push(&mut inner, commit, parent_id) {
                 Ok(()) => {
                     crash::point("push");
                     self.pushed(&inner.repo, commit);
@@ -518,6 +542,7 @@ impl GitStore {
         // borrow its objects).
         let clone = &self.opts.clone_dir;
         inner.repo = Repository::open_bare(clone)?;
+        inner.remote = None;
         *reader = Repository::open_bare(clone)?;
         tracing::debug!(packs = merge.len(), dir = %dir.display(), "merged git packs");
         Ok(())
@@ -628,17 +653,31 @@ impl GitStore {
 
     /// Pushes `commit` as the branch, never forcing: the remote accepts it
     /// only as a fast-forward of `parent`, what we built on.
-    fn push(&self, repo: &Repository, commit: Oid, parent: Option<Oid>) -> Result<()> {
+    fn push(&self, inner: &mut Inner, commit: Oid, parent: Option<Oid>) -> Result<()> {
         if let Some(path) = local_path(&self.opts.remote_url) {
-            return push_local(
-                repo,
-                &path,
-                self.opts.owned_remote,
-                &self.opts.branch,
-                commit,
-                parent,
-            );
+            inner.local_remote(&path)?;
+            let Inner { repo, remote } = inner;
+            let result = match remote.as_ref() {
+                Some(r) => push_local(
+                    repo,
+                    r,
+                    self.opts.owned_remote,
+                    &self.opts.branch,
+                    commit,
+                    parent,
+                ),
+                None => Err(Error::internal("the local remote is not open")),
+            };
+            // A lost race keeps the handle; anything else opens it anew.
+            if result
+                .as_ref()
+                .is_err_and(|e| e.kind() != shared::ErrorKind::Aborted)
+            {
+                *remote = None;
+            }
+            return result;
         }
+        let repo = &inner.repo;
         // libgit2 pushes references, not bare object ids.
         let local = format!("refs/heads/{}", self.opts.branch);
         retry_locked(&self.opts.clone_dir, || {
@@ -971,14 +1010,13 @@ pub fn local_path(url: &str) -> Option<PathBuf> {
 /// check `git receive-pack` does.
 fn push_local(
     repo: &Repository,
-    remote_dir: &Path,
+    remote: &Repository,
     owned: bool,
     branch: &str,
     commit: Oid,
     parent: Option<Oid>,
 ) -> Result<()> {
-    let remote = Repository::open(remote_dir).map_err(|e| remote_error("open", e))?;
-    copy_missing(repo, &remote, commit).map_err(|e| remote_error("write objects", e))?;
+    copy_missing(repo, remote, commit).map_err(|e| remote_error("write objects", e))?;
     crash::point("remote-objects");
     let name = format!("refs/heads/{branch}");
     let update = || match parent {
@@ -1073,11 +1111,10 @@ fn copy_missing(
 fn fetch_local(
     repo: &Repository,
     clone_dir: &Path,
-    remote_dir: &Path,
+    remote: &Repository,
     branch: &str,
     tracking: &str,
 ) -> Result<()> {
-    let remote = Repository::open(remote_dir).map_err(|e| remote_error("open", e))?;
     let tip = match remote.find_reference(&format!("refs/heads/{branch}")) {
         Ok(r) => r
             .resolve()
@@ -1099,7 +1136,7 @@ fn fetch_local(
     if repo.refname_to_id(tracking).ok() == Some(tip) {
         return Ok(());
     }
-    copy_missing(&remote, repo, tip).map_err(|e| remote_error("copy objects", e))?;
+    copy_missing(remote, repo, tip).map_err(|e| remote_error("copy objects", e))?;
     retry_locked(clone_dir, || {
         repo.reference(tracking, tip, true, "fetched").map(|_| ())
     })

@@ -38,8 +38,18 @@ where
     };
     match runtime.block_on(bench()) {
         Ok(report) => {
-            // The text for people, then the table BENCHMARKS.md shows.
+            // The text for people, then the table BENCHMARKS.md shows; the
+            // whole report as JSON for tools/bench/run-all.sh.
             print!("{}\n{}", report.to_text(), report.to_markdown());
+            if let Some(path) = std::env::var_os("BENCH_JSON") {
+                let written = report
+                    .to_json()
+                    .and_then(|json| std::fs::write(&path, json).map_err(|e| e.to_string()));
+                if let Err(e) = written {
+                    eprintln!("error: writing BENCH_JSON: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

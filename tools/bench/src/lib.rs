@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod cost;
+pub mod doc;
 pub mod forwarder;
 pub mod harness;
 pub mod report;
