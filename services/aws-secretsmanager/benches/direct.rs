@@ -102,14 +102,7 @@ async fn bench_all() -> Result<Report, String> {
         .param("get_ops", GET_OPS)
         .param("update_ops", UPDATE_OPS)
         .param("warmup_ops", WARMUP_OPS)
-        .param(
-            "profile",
-            if cfg!(debug_assertions) {
-                "debug"
-            } else {
-                "optimized (bench)"
-            },
-        );
+        .build_profile();
 
     // GetValue: revision 1 of GET_IDS TypeInstances created through the backend.
     let get_ids: Arc<[String]> = (0..GET_IDS)

@@ -115,14 +115,7 @@ async fn bench_all() -> Result<Report, String> {
         .param("get_ops", GET_OPS)
         .param("update_ops", UPDATE_OPS)
         .param("warmup_ops", WARMUP_OPS)
-        .param(
-            "profile",
-            if cfg!(debug_assertions) {
-                "debug"
-            } else {
-                "optimized (bench)"
-            },
-        );
+        .build_profile();
 
     // One tracked release with revisions 1 and 2.
     create_release(&releases, "read").await?;

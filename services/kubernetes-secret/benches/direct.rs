@@ -187,14 +187,7 @@ async fn bench_all() -> Result<Report, String> {
         .param("get_ops", GET_OPS)
         .param("update_ops", UPDATE_OPS)
         .param("warmup_ops", WARMUP_OPS)
-        .param(
-            "profile",
-            if cfg!(debug_assertions) {
-                "debug"
-            } else {
-                "optimized (bench)"
-            },
-        );
+        .build_profile();
 
     let get_ids: Arc<[String]> = (0..GET_IDS).map(|i| format!("bench-get-{i}")).collect();
     for id in get_ids.iter() {

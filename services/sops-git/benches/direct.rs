@@ -188,14 +188,7 @@ async fn bench_all() -> Result<Report, String> {
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
                 .unwrap_or_default(),
         )
-        .param(
-            "profile",
-            if cfg!(debug_assertions) {
-                "debug"
-            } else {
-                "optimized (bench)"
-            },
-        );
+        .build_profile();
 
     // GetValue of revision 1 of GET_IDS TypeInstances.
     let get_ids: Arc<[String]> = (0..GET_IDS).map(|i| format!("get-{i}")).collect();

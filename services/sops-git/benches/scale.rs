@@ -187,14 +187,7 @@ async fn bench_all() -> Result<Report, String> {
         .param("write_ops", OPS)
         .param("get_ops", GET_OPS)
         .param("concurrency", 1)
-        .param(
-            "profile",
-            if cfg!(debug_assertions) {
-                "debug"
-            } else {
-                "optimized (bench)"
-            },
-        );
+        .build_profile();
     for n in sizes() {
         scale_rows(&mut report, n, &value).await?;
     }

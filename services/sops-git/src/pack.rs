@@ -18,7 +18,7 @@ use std::{
 use git2::{Oid, Repository};
 
 /// Loose objects beyond which they are packed.
-pub const LOOSE_LIMIT: usize = 128;
+pub const LOOSE_LIMIT: usize = 64;
 
 /// Packs beyond which the smaller ones are merged.
 pub const PACK_LIMIT: usize = 8;

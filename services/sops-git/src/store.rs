@@ -39,7 +39,7 @@ use crate::{
 const REMOTE: &str = "origin";
 
 /// Writes between two looks at the object stores (see [`GitStore::maintain`]).
-const MAINTAIN_EVERY: u32 = 16;
+const MAINTAIN_EVERY: u32 = 8;
 
 /// Attempts of one write before ABORTED: each lost race costs one fetch.
 const MAX_ATTEMPTS: u32 = 10;

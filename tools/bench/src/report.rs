@@ -53,6 +53,16 @@ impl Report {
         self
     }
 
+    /// Records how the bench (and the backend built with it) was compiled.
+    pub fn build_profile(&mut self) -> &mut Self {
+        let profile = if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "optimized (bench)"
+        };
+        self.param("profile", profile)
+    }
+
     pub fn row(&mut self, name: impl Into<String>, stats: Stats) -> &mut Self {
         self.rows.push(Row {
             name: name.into(),
