@@ -21,21 +21,18 @@ use std::{
     io::Write as _,
     path::Path,
     process::{Command, Stdio},
-    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
-use bench::{
-    ProcessProbe, Report, RunOptions,
-    cli::make_value,
-    harness::{Pool, checked},
-};
+use bench::{ProcessProbe, Report, cli::make_value, harness::checked};
 use sha2::Digest;
 use support::{age_keygen, start_backend, target};
 
 const VALUE_SIZE: usize = 1024;
 const OPS: u64 = 200;
 const GET_OPS: u64 = 1000;
+/// Rounds each operation's calls are split into, alternating repositories.
+const ROUNDS: usize = 10;
 const PREFIX: &str = "typeinstances";
 
 fn main() -> std::process::ExitCode {
@@ -47,15 +44,6 @@ fn sizes() -> Vec<usize> {
         .ok()
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![0, 1_000, 10_000, 100_000])
-}
-
-fn options(ops: u64) -> RunOptions {
-    RunOptions {
-        concurrency: 1,
-        duration: None,
-        ops: Some(ops),
-        warmup_ops: 0,
-    }
 }
 
 /// The directory of a TypeInstance, as the backend's README documents it.
@@ -186,121 +174,194 @@ async fn bench_all() -> Result<Report, String> {
         .param("value_size", VALUE_SIZE)
         .param("write_ops", OPS)
         .param("get_ops", GET_OPS)
+        .param("rounds", ROUNDS)
         .param("concurrency", 1)
         .build_profile();
+    let mut scales = Vec::new();
     for n in sizes() {
-        scale_rows(&mut report, n, &value).await?;
+        scales.push(Scale::start(n, &value).await?);
+    }
+    let ids: Vec<String> = (0..OPS).map(|i| format!("new-{i}")).collect();
+    let per_round = ids.len().div_ceil(ROUNDS);
+    // Rounds alternate between the repositories (in a rotating order), so
+    // that the drift of a shared machine hits every size alike.
+    for op in [Op::Create, Op::Update] {
+        for (round, chunk) in ids.chunks(per_round).enumerate() {
+            for k in 0..scales.len() {
+                let i = (k + round) % scales.len();
+                scales[i].calls(op, chunk, &value).await?;
+            }
+        }
+    }
+    // Maintenance runs every few writes in the background: let the last
+    // run end before the disk is measured.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for scale in &mut scales {
+        scale.after = disk_bytes(&scale.data);
+        // One read of each first: the rows show the steady cost, not the
+        // first read of each file from disk into the page cache.
+        for id in &ids {
+            scale
+                .t
+                .get(id, 2)
+                .await
+                .map_err(|e| format!("warm-up: {e}"))?;
+        }
+    }
+    let reads: Vec<String> = (0..GET_OPS as usize)
+        .map(|i| ids[i % ids.len()].clone())
+        .collect();
+    for (round, chunk) in reads.chunks(reads.len().div_ceil(ROUNDS)).enumerate() {
+        for k in 0..scales.len() {
+            let i = (k + round) % scales.len();
+            scales[i].calls(Op::Get, chunk, &value).await?;
+        }
+    }
+    for scale in scales {
+        scale.report(&mut report)?;
     }
     Ok(report)
 }
 
-#[derive(Clone, Copy)]
-enum Write {
+#[derive(Clone, Copy, PartialEq)]
+enum Op {
     Create,
     /// To revision 2.
     Update,
+    /// Of revision 2.
+    Get,
 }
 
-/// One write of each of `ids`, in turn.
-async fn write_row(
-    t: &Arc<conformance::Target>,
-    ids: &[String],
-    value: &[u8],
-    write: Write,
-) -> Result<bench::Stats, String> {
-    let (t, pool, value) = (
-        Arc::clone(t),
-        Pool::new(ids.to_vec()),
-        Arc::<[u8]>::from(value),
-    );
-    bench::run(
-        move |_| {
-            let (t, pool, value) = (Arc::clone(&t), Arc::clone(&pool), Arc::clone(&value));
-            async move {
-                let id = pool.take()?;
-                match write {
-                    Write::Create => t.create(&id, &value).await.map(drop),
-                    Write::Update => t.update(&id, 2, &value, None).await,
+/// Calls of one operation on one repository, over all rounds.
+#[derive(Default)]
+struct Acc {
+    latencies: Vec<Duration>,
+    errors: u64,
+    first_error: Option<String>,
+    elapsed: Duration,
+    ticks: u64,
+    peak_rss_kib: u64,
+}
+
+/// One repository of `n` TypeInstances and its backend.
+struct Scale {
+    n: usize,
+    dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    backend: testkit::BackendProcess,
+    probe: ProcessProbe,
+    t: conformance::Target,
+    start_to_serving: Duration,
+    idle_rss_kib: u64,
+    before: u64,
+    after: u64,
+    acc: [Acc; 3],
+}
+
+impl Scale {
+    async fn start(n: usize, value: &[u8]) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let (key_file, identity) = age_keygen(dir.path());
+        let key = key_file.to_string_lossy().into_owned();
+        let data = dir.path().join("data");
+        let env = [("APP_SOPS_AGE_KEY_FILE", key.as_str())];
+        // A first start creates the embedded remote and its layout.
+        drop(start_backend(&data, &env).await);
+        bulk_load(&data.join("remote.git"), n, &identity.to_public(), value)?;
+        // A start that fetches the loaded tip: the measured start below is
+        // a restart of a backend whose clone holds all of it.
+        drop(start_backend(&data, &env).await);
+        let started = Instant::now();
+        let backend = start_backend(&data, &env).await;
+        let start_to_serving = started.elapsed();
+        let probe = ProcessProbe::new(backend.pid().ok_or("the backend is not running")?);
+        let idle_rss_kib = probe.read()?.rss_kib;
+        let t = target(&backend.url).await;
+        let before = disk_bytes(&data);
+        Ok(Self {
+            n,
+            dir,
+            data,
+            backend,
+            probe,
+            t,
+            start_to_serving,
+            idle_rss_kib,
+            before,
+            after: 0,
+            acc: Default::default(),
+        })
+    }
+
+    async fn calls(&mut self, op: Op, ids: &[String], value: &[u8]) -> Result<(), String> {
+        let acc = &mut self.acc[op as usize];
+        self.probe.reset_peak();
+        let ticks = self.probe.cpu_ticks()?;
+        let started = Instant::now();
+        for id in ids {
+            let t0 = Instant::now();
+            let result = match op {
+                Op::Create => self.t.create(id, value).await.map(drop),
+                Op::Update => self.t.update(id, 2, value, None).await,
+                Op::Get => self.t.get(id, 2).await.map(drop),
+            };
+            match result {
+                Ok(()) => acc.latencies.push(t0.elapsed()),
+                Err(e) => {
+                    acc.errors += 1;
+                    acc.first_error.get_or_insert_with(|| e.to_string());
                 }
-                .map_err(|s| s.to_string())
             }
-        },
-        &options(ids.len() as u64),
-    )
-    .await
-}
+        }
+        acc.elapsed += started.elapsed();
+        acc.ticks += self.probe.cpu_ticks()?.saturating_sub(ticks);
+        acc.peak_rss_kib = acc.peak_rss_kib.max(self.probe.read()?.peak_rss_kib);
+        Ok(())
+    }
 
-async fn scale_rows(report: &mut Report, n: usize, value: &[u8]) -> Result<(), String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let (key_file, identity) = age_keygen(dir.path());
-    let key = key_file.to_string_lossy().into_owned();
-    let data = dir.path().join("data");
-    let env = [("APP_SOPS_AGE_KEY_FILE", key.as_str())];
-    // A first start creates the embedded remote and its layout.
-    drop(start_backend(&data, &env).await);
-    let remote = data.join("remote.git");
-    bulk_load(&remote, n, &identity.to_public(), value)?;
-    // A start that fetches the loaded tip: the measured start below is a
-    // restart of a backend whose clone holds all of it.
-    drop(start_backend(&data, &env).await);
-
-    let started = Instant::now();
-    let backend = start_backend(&data, &env).await;
-    let start_to_serving = started.elapsed();
-    let probe = ProcessProbe::new(backend.pid().ok_or("the backend is not running")?);
-    let idle = probe.read()?;
-    let t = Arc::new(target(&backend.url).await);
-    let before = disk_bytes(&data);
-
-    let label = |op: &str| format!("{op} @ {n}");
-    let ids: Vec<String> = (0..OPS).map(|i| format!("new-{i}")).collect();
-    let (create, cost) = probe
-        .measure(write_row(&t, &ids, value, Write::Create))
-        .await?;
-    report.row_with_cost(label("create"), checked("create", create)?, cost);
-    report
-        .extra(
-            "start to SERVING",
-            format!("{} ms", start_to_serving.as_millis()),
-        )
-        .extra(
-            "RSS idle",
-            format!("{:.1} MiB", idle.rss_kib as f64 / 1024.0),
+    fn report(self, report: &mut Report) -> Result<(), String> {
+        let [create, update, get] = self.acc;
+        let rss = self.probe.read()?;
+        let row = |report: &mut Report, name: &str, acc: Acc| -> Result<(), String> {
+            let stats = bench::Stats::from_latencies(
+                acc.latencies,
+                acc.errors,
+                acc.elapsed,
+                acc.first_error,
+            );
+            let mut cost = self.probe.cost(acc.ticks, stats.ops, rss);
+            cost.peak_rss_kib = acc.peak_rss_kib;
+            let name = format!("{name} @ {}", self.n);
+            report.row_with_cost(&name, checked(&name, stats)?, cost);
+            Ok(())
+        };
+        row(report, "create", create)?;
+        report
+            .extra(
+                "start to SERVING",
+                format!("{} ms", self.start_to_serving.as_millis()),
+            )
+            .extra(
+                "RSS idle",
+                format!("{:.1} MiB", self.idle_rss_kib as f64 / 1024.0),
+            );
+        row(report, "update", update)?;
+        report.extra(
+            "disk added per write",
+            format!(
+                "{:.1} KiB",
+                self.after.saturating_sub(self.before) as f64 / 1024.0 / (2 * OPS) as f64
+            ),
         );
-
-    let (update, cost) = probe
-        .measure(write_row(&t, &ids, value, Write::Update))
-        .await?;
-    // Maintenance runs every few writes in the background: let the last
-    // run end before the disk is measured.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = disk_bytes(&data);
-    report.row_with_cost(label("update"), checked("update", update)?, cost);
-    report.extra(
-        "disk added per write",
-        format!(
-            "{:.1} KiB",
-            after.saturating_sub(before) as f64 / 1024.0 / (2 * OPS) as f64
-        ),
-    );
-
-    let ids: Arc<[String]> = ids.into();
-    let (get, cost) = probe
-        .measure(bench::run(
-            bench::harness::get_cycling(&t, &ids, 2),
-            // One warm-up read of each: the row shows the steady cost, not
-            // the first read of each file from disk into the page cache.
-            &RunOptions {
-                warmup_ops: OPS,
-                ..options(GET_OPS)
-            },
-        ))
-        .await?;
-    report.row_with_cost(label("get"), checked("get", get)?, cost);
-    let gc = gc_size(&remote, dir.path())?;
-    report
-        .extra("data dir", format!("{:.1} MiB", after as f64 / 1048576.0))
-        .extra("git gc of it", format!("{:.1} MiB", gc as f64 / 1048576.0));
-    drop(backend);
-    Ok(())
+        row(report, "get", get)?;
+        let gc = gc_size(&self.data.join("remote.git"), self.dir.path())?;
+        report
+            .extra(
+                "data dir",
+                format!("{:.1} MiB", self.after as f64 / 1048576.0),
+            )
+            .extra("git gc of it", format!("{:.1} MiB", gc as f64 / 1048576.0));
+        drop(self.backend);
+        Ok(())
+    }
 }
