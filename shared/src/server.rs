@@ -89,11 +89,10 @@ where
         eprintln!("configuration error: {e}");
         return ExitCode::from(2);
     }
-    if let Err(e) =
-        crate::telemetry::init(server.log_format, &server.log_level, C::QUIET_LOG_TARGETS)
+    if let Err(code) =
+        crate::telemetry::init_or_exit(server.log_format, &server.log_level, C::QUIET_LOG_TARGETS)
     {
-        eprintln!("configuration error: {e}");
-        return ExitCode::from(2);
+        return code;
     }
     let runtime = match runtime(server.worker_threads.unwrap_or(C::DEFAULT_WORKER_THREADS)) {
         Ok(rt) => rt,

@@ -29,3 +29,17 @@ pub fn init(format: LogFormat, level: &str, quiet: &[&str]) -> Result<(), String
     };
     Ok(())
 }
+
+/// [`init`] at the start of a binary: on a bad setting the reason goes to
+/// stderr (there is no logger yet) and the process should exit with the
+/// returned code.
+pub fn init_or_exit(
+    format: LogFormat,
+    level: &str,
+    quiet: &[&str],
+) -> Result<(), std::process::ExitCode> {
+    init(format, level, quiet).map_err(|e| {
+        eprintln!("configuration error: {e}");
+        std::process::ExitCode::from(2)
+    })
+}

@@ -54,7 +54,8 @@ cargo bench --no-run "${bench_args[@]}" --bench direct --message-format=json-ren
 for p in "${PACKAGES[@]}"; do
     # The bench executable of package $p and its directory (cargo runs a
     # bench from its package's directory).
-    read -r exe dir < <("$MD" executable "$OUT/build.json" "$p")
+    "$MD" executable "$OUT/build.json" "$p" "$OUT/$p.exe"
+    read -r exe dir < "$OUT/$p.exe"
     [ -n "${exe:-}" ] || { echo "run-all: no bench executable for $p" >&2; exit 1; }
     echo "run-all: $p" >&2
     echo "load before $p: $(uptime | sed 's/.*load average: //')" >> "$OUT/machine.txt"

@@ -255,11 +255,12 @@ impl Core {
         }
     }
 
-    /// The layout of the tip: one tree lookup.
+    /// The layout of the tip: one tree lookup, no blob read.
     fn layout(&self, snap: &Snapshot<'_>) -> Result<Layout> {
-        Ok(match snap.read(&self.under_prefix(LAYOUT_FILE))? {
-            Some(_) => Layout::FanOut,
-            None => Layout::Flat,
+        Ok(if snap.has(&self.under_prefix(LAYOUT_FILE))? {
+            Layout::FanOut
+        } else {
+            Layout::Flat
         })
     }
 

@@ -45,8 +45,8 @@ pub struct RotateConfig {
     #[command(flatten)]
     pub store: StoreConfig,
 
-    /// Log level or tracing filter directive.
-    #[arg(long, env = "APP_LOG_LEVEL", default_value = "warn")]
+    /// Log level or tracing filter directive (info: the outcome is shown).
+    #[arg(long, env = "APP_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 }
 
@@ -74,30 +74,32 @@ pub(crate) struct Layout<'a> {
 }
 
 /// `sops-git-backend rotate-keys …`; `args` starts with the subcommand's
-/// name. Status goes to stderr.
+/// name. What happened is logged (APP_LOG_LEVEL, to stdout like the server).
 pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let config = RotateConfig::parse_from(args);
-    if let Err(e) = shared::telemetry::init(LogFormat::Text, &config.log_level, &[]) {
-        eprintln!("configuration error: {e}");
-        return ExitCode::from(2);
+    if let Err(code) = shared::telemetry::init_or_exit(LogFormat::Text, &config.log_level, &[]) {
+        return code;
     }
     let backend = match config::open(&config.store, None) {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("rotate-keys: cannot open the repository: {}", e.detail());
+            tracing::error!(error = %e.detail(), "rotate-keys: cannot open the repository");
             return ExitCode::from(2);
         }
     };
     match backend.rotate_keys() {
         Ok(r) => {
-            eprintln!(
+            tracing::info!(
                 "rotate-keys: re-encrypted {} documents and {} Flux Secret manifests in one commit ({} bound now, {} left unbound)",
-                r.documents, r.secrets, r.bound_now, r.unbound
+                r.documents,
+                r.secrets,
+                r.bound_now,
+                r.unbound
             );
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("rotate-keys failed, nothing was changed: {}", e.detail());
+            tracing::error!(error = %e.detail(), "rotate-keys failed, nothing was changed");
             ExitCode::FAILURE
         }
     }

@@ -140,6 +140,14 @@ impl Snapshot<'_> {
         Ok(Some(blob.content().to_vec()))
     }
 
+    /// Whether anything is at `path` (no blob is read).
+    pub fn has(&self, path: &str) -> Result<bool> {
+        match &self.tree {
+            Some(tree) => Ok(entry_at(self.repo, tree, path)?.is_some()),
+            None => Ok(false),
+        }
+    }
+
     /// File names directly inside directory `dir` (empty if it is missing).
     pub fn list(&self, dir: &str) -> Result<Vec<String>> {
         let Some(tree) = &self.tree else {

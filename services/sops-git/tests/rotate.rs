@@ -34,6 +34,15 @@ fn rotate_keys(env: &[(&str, &Path)]) -> Output {
     cmd.output().expect("the backend binary runs")
 }
 
+/// What a rotate-keys run logged (stdout) and any start-up error (stderr).
+fn log(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// A fresh clone of the remote's `main`.
 fn checkout(dir: &Path, remote: &str) -> PathBuf {
     let path = dir.join("checkout");
@@ -137,11 +146,7 @@ async fn rotation_re_encrypts_every_file_to_the_new_key_in_one_commit() {
             ),
         ]);
         assert_eq!(refused.status.code(), Some(2));
-        assert!(
-            String::from_utf8_lossy(&refused.stderr).contains("in use"),
-            "{}",
-            String::from_utf8_lossy(&refused.stderr)
-        );
+        assert!(log(&refused).contains("in use"), "{}", log(&refused));
     }
 
     let before = checkout(dir.path(), &remote);
@@ -179,13 +184,13 @@ async fn rotation_re_encrypts_every_file_to_the_new_key_in_one_commit() {
             Path::new(&new.to_public().to_string()),
         ),
     ]);
-    let stderr = String::from_utf8_lossy(&rotated.stderr);
-    assert!(rotated.status.success(), "{stderr}");
+    let logged = log(&rotated);
+    assert!(rotated.status.success(), "{logged}");
     assert!(
-        stderr.contains("re-encrypted 7 documents and 1 Flux Secret manifests"),
-        "{stderr}"
+        logged.contains("re-encrypted 7 documents and 1 Flux Secret manifests"),
+        "{logged}"
     );
-    assert!(stderr.contains("2 bound now, 0 left unbound"), "{stderr}");
+    assert!(logged.contains("2 bound now, 0 left unbound"), "{logged}");
 
     let after = checkout(dir.path(), &remote);
     assert_eq!(sops_files(&after), files);
@@ -294,8 +299,8 @@ fn rotation_without_a_prefix_is_refused_naming_the_setting() {
         ("APP_SOPS_AGE_KEY_FILE", &key),
     ]);
     assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("APP_GIT_PREFIX"), "{stderr}");
+    let logged = log(&out);
+    assert!(logged.contains("APP_GIT_PREFIX"), "{logged}");
 }
 
 /// A clone of the empty remote with `main` checked out, to push files by

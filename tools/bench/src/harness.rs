@@ -36,20 +36,23 @@ where
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(bench()) {
-        Ok(report) => {
-            // The text for people, then the table BENCHMARKS.md shows; the
-            // whole report as JSON for tools/bench/run-all.sh.
-            print!("{}\n{}", report.to_text(), report.to_markdown());
-            if let Some(path) = std::env::var_os("BENCH_JSON") {
-                let written = report
+    // The whole report as JSON for tools/bench/run-all.sh, if asked.
+    let outcome =
+        runtime
+            .block_on(bench())
+            .and_then(|report| match std::env::var_os("BENCH_JSON") {
+                Some(path) => report
                     .to_json()
-                    .and_then(|json| std::fs::write(&path, json).map_err(|e| e.to_string()));
-                if let Err(e) = written {
-                    eprintln!("error: writing BENCH_JSON: {e}");
-                    return ExitCode::FAILURE;
-                }
-            }
+                    .and_then(|json| {
+                        std::fs::write(&path, json).map_err(|e| format!("writing BENCH_JSON: {e}"))
+                    })
+                    .map(|()| report),
+                None => Ok(report),
+            });
+    match outcome {
+        Ok(report) => {
+            // The text for people, then the table BENCHMARKS.md shows.
+            print!("{}\n{}", report.to_text(), report.to_markdown());
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -16,11 +16,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Prints `<executable> <package dir>` of the `direct` bench of a
-    /// package, from `cargo bench --no-run --message-format=json` output.
+    /// Writes `<executable> <package dir>` of the `direct` bench of a
+    /// package, from `cargo bench --no-run --message-format=json` output,
+    /// into the file `to`.
     Executable {
         build_json: PathBuf,
         package: String,
+        to: PathBuf,
     },
     /// Rewrites the generated blocks of BENCHMARKS.md from `<out>/<backend>.json`
     /// and `<out>/machine.txt`.
@@ -93,17 +95,24 @@ fn regenerate(out: &std::path::Path, md: &std::path::Path) -> Result<(), String>
 }
 
 fn main() -> ExitCode {
+    if let Err(code) = shared::telemetry::init_or_exit(shared::config::LogFormat::Text, "info", &[])
+    {
+        return code;
+    }
     let result = match Cli::parse().command {
         Command::Executable {
             build_json,
             package,
-        } => executable(&build_json, &package).map(|line| println!("{line}")),
+            to,
+        } => executable(&build_json, &package).and_then(|line| {
+            std::fs::write(&to, line).map_err(|e| format!("writing {}: {e}", to.display()))
+        }),
         Command::Regenerate { out, benchmarks_md } => regenerate(&out, &benchmarks_md),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("benchmarks-md: {e}");
+            tracing::error!(error = %e, "benchmarks-md failed");
             ExitCode::FAILURE
         }
     }
