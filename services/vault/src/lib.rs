@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod http;
 pub mod store;
 
 use std::sync::Arc;
@@ -39,9 +40,6 @@ pub async fn build(config: Config) -> Result<VaultBackend> {
     }
     let session = Session::start(config.connection()?, config.method()?).await?;
     tokio::spawn(Arc::clone(&session).maintain(config.token_file_poll));
-    let kv = Kv {
-        mount,
-        version: config.vault_kv_version,
-    };
+    let kv = Kv::new(session.address(), mount, config.vault_kv_version);
     Ok(Engine::new(VaultStore::new(session, kv, prefix), options))
 }

@@ -24,18 +24,18 @@ use std::{
 
 use async_trait::async_trait;
 use base64::Engine as _;
+use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
 use shared::{
     Describe, Error, Result, TypeInstanceId, Value,
     engine::{Head, HeadRemoval, HeadStore, MANAGED_BY, Slot, Stored, head::foreign},
 };
-use vaultrs::{
-    api::{self, kv2::requests::ReadSecretRequest, kv2::requests::SetSecretRequestOptions},
-    client::VaultClient,
-    error::ClientError,
-};
+use vaultrs::{client::VaultClient, error::ClientError};
 
-use crate::auth::{self, Session};
+use crate::{
+    auth::{self, Session},
+    http,
+};
 
 /// Vault's own request size limit is 32 MiB; base64 and JSON cost a third.
 const MAX_VALUE_BYTES: u64 = 16 << 20;
@@ -65,9 +65,11 @@ pub struct Read {
 pub enum Failure {
     /// 403: the token is not (or no longer) allowed here. The caller may log
     /// in again once and retry.
-    Denied(ClientError),
+    Denied(Source),
     Other(Error),
 }
+
+type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
@@ -104,61 +106,99 @@ pub(crate) fn status_of(e: &ClientError) -> Option<u16> {
     }
 }
 
-/// Whether the answer means "this path or version does not exist".
-fn is_not_found(e: &ClientError) -> bool {
-    status_of(e) == Some(404)
-}
-
-/// Whether a KV v2 write was refused because its `cas` did not match.
-fn is_cas_mismatch(e: &ClientError) -> bool {
-    match e {
-        ClientError::APIError { code: 400, errors } => {
-            errors.iter().any(|m| m.contains("check-and-set"))
-        }
-        _ => false,
-    }
-}
-
-/// Whether a KV v2 mount answered that it is still upgrading its storage
-/// (right after it was enabled): a 400 that means "come back shortly".
-fn is_kv_upgrading(e: &ClientError) -> bool {
-    match e {
-        ClientError::APIError { code: 400, errors } => errors
-            .iter()
-            .any(|m| m.contains("will be unavailable for a brief period")),
-        _ => false,
-    }
+/// What a failed call came to, whichever client sent it.
+enum Outcome<'a> {
+    /// Vault answered with this status and these messages.
+    Answered(u16, &'a [String]),
+    /// Connection refused, reset, TLS or timeout: the store cannot be reached.
+    Unreachable,
+    /// Anything else (a body that does not parse, a bad request built here).
+    Broken,
 }
 
 /// The one mapping of Vault failures to protocol errors.
-pub fn map_err(e: ClientError, what: &str) -> Failure {
-    if is_kv_upgrading(&e) {
-        return Failure::Other(
+fn classify(outcome: Outcome<'_>, what: &str, source: Source) -> Failure {
+    let e = match outcome {
+        // A KV v2 mount right after it was enabled: "come back shortly".
+        Outcome::Answered(400, errors)
+            if errors
+                .iter()
+                .any(|m| m.contains("will be unavailable for a brief period")) =>
+        {
             Error::unavailable(format!(
                 "vault's kv engine is upgrading its storage for {what}"
             ))
-            .with_source(e),
-        );
-    }
-    match status_of(&e) {
-        Some(403) => Failure::Denied(e),
+        }
+        Outcome::Answered(403, _) => return Failure::Denied(source),
         // 5xx includes 503 "Vault is sealed"; 429 is a standby or rate limit.
-        Some(code) if code >= 500 || code == 429 => Failure::Other(
-            Error::unavailable(format!("vault is unavailable ({code}) for {what}")).with_source(e),
-        ),
-        Some(code) => Failure::Other(
-            Error::internal(format!("vault answered {code} for {what}")).with_source(e),
-        ),
-        None => match e {
-            // Connection refused, reset, TLS or timeout: the store cannot be reached.
-            ClientError::RestClientError { .. } => Failure::Other(
-                Error::unavailable(format!("vault cannot be reached for {what}")).with_source(e),
-            ),
-            other => Failure::Other(
-                Error::internal(format!("vault call failed for {what}")).with_source(other),
-            ),
-        },
-    }
+        Outcome::Answered(code, _) if code >= 500 || code == 429 => {
+            Error::unavailable(format!("vault is unavailable ({code}) for {what}"))
+        }
+        Outcome::Answered(code, _) => Error::internal(format!("vault answered {code} for {what}")),
+        Outcome::Unreachable => Error::unavailable(format!("vault cannot be reached for {what}")),
+        Outcome::Broken => Error::internal(format!("vault call failed for {what}")),
+    };
+    Failure::Other(e.with_source(source))
+}
+
+/// A vaultrs failure (logins, renewals, lookups) as a protocol error.
+pub fn map_err(e: ClientError, what: &str) -> Failure {
+    let (code, errors) = match &e {
+        ClientError::APIError { code, errors } => (Some(*code), errors.clone()),
+        _ => (status_of(&e), Vec::new()),
+    };
+    let outcome = match code {
+        Some(code) => Outcome::Answered(code, &errors),
+        None if matches!(e, ClientError::RestClientError { .. }) => Outcome::Unreachable,
+        None => Outcome::Broken,
+    };
+    classify(outcome, what, Box::new(e))
+}
+
+/// A failure of this crate's own KV calls ([`http`]).
+fn map_http(e: reqwest::Error, what: &str) -> Failure {
+    let outcome = if e.is_decode() || e.is_builder() {
+        Outcome::Broken
+    } else {
+        Outcome::Unreachable
+    };
+    classify(outcome, what, Box::new(e))
+}
+
+/// A refusal answered to this crate's own KV calls.
+fn map_answer(a: &http::Answer, what: &str) -> Failure {
+    let refused = a.refusal();
+    let errors = refused.errors.clone();
+    classify(
+        Outcome::Answered(refused.status, &errors),
+        what,
+        Box::new(refused),
+    )
+}
+
+/// The JSON body of a successful answer.
+fn parse<T: serde::de::DeserializeOwned>(a: &http::Answer, what: &str) -> StoreResult<T> {
+    serde_json::from_slice(&a.body).map_err(|e| {
+        Failure::Other(
+            Error::internal(format!("{what}: vault's answer does not parse")).with_source(e),
+        )
+    })
+}
+
+/// One KV call, measured as a store call.
+async fn send(
+    operation: &'static str,
+    client: &VaultClient,
+    method: reqwest::Method,
+    url: url::Url,
+    body: Option<Vec<u8>>,
+    what: &str,
+) -> StoreResult<http::Answer> {
+    shared::metrics::store_call(operation, async {
+        Ok(http::send(client, method, url, body).await)
+    })
+    .await?
+    .map_err(|e| map_http(e, what))
 }
 
 /// A KV mount of one engine version.
@@ -166,39 +206,76 @@ pub fn map_err(e: ClientError, what: &str) -> Failure {
 pub struct Kv {
     pub mount: String,
     pub version: KvVersion,
+    url: http::Mount,
+}
+
+#[derive(Deserialize)]
+struct Envelope<T> {
+    data: T,
+}
+
+#[derive(Deserialize)]
+struct V2Read {
+    data: Json,
+    metadata: V2Version,
+}
+
+#[derive(Deserialize)]
+struct V2Version {
+    version: u64,
+}
+
+#[derive(Deserialize)]
+struct Keys {
+    keys: Vec<String>,
 }
 
 impl Kv {
+    pub fn new(address: &url::Url, mount: String, version: KvVersion) -> Self {
+        let url = http::Mount::new(address, &mount);
+        Kv {
+            mount,
+            version,
+            url,
+        }
+    }
+
+    fn v2(&self, section: &str, path: &str) -> url::Url {
+        match self.version {
+            KvVersion::V2 => self.url.url(Some(section), path),
+            KvVersion::V1 => self.url.url(None, path),
+        }
+    }
+
     /// Reads the secret at `path`; `None` if it does not exist.
     pub async fn read(&self, client: &VaultClient, path: &str) -> StoreResult<Option<Read>> {
         let what = format!("reading {}/{path}", self.mount);
-        let result = match self.version {
-            KvVersion::V2 => {
-                let endpoint = ReadSecretRequest::builder()
-                    .mount(self.mount.as_str())
-                    .path(path)
-                    .build()
-                    .map_err(|e| Error::internal("building a vault read failed").with_source(e))?;
-                shared::metrics::store_call("kv2_read", async {
-                    Ok(api::exec_with_result(client, endpoint).await)
-                })
-                .await?
-                .map(|r| (r.data, r.metadata.version))
-            }
-            KvVersion::V1 => shared::metrics::store_call("kv1_read", async {
-                Ok(vaultrs::kv1::get_raw(client, &self.mount, path).await)
-            })
-            .await?
-            // KV v1 has no versions: tags live in the data (`KV1_TAG`).
-            .map(|r| (r.data, 0)),
+        let op = match self.version {
+            KvVersion::V2 => "kv2_read",
+            KvVersion::V1 => "kv1_read",
         };
-        match result {
-            Ok((Json::Object(data), version)) => Ok(Some(Read { data, version })),
+        let url = self.v2("data", path);
+        let a = send(op, client, reqwest::Method::GET, url, None, &what).await?;
+        // A deleted KV v2 version answers 404 with its metadata.
+        if a.status == 404 {
+            return Ok(None);
+        }
+        if !a.ok() {
+            return Err(map_answer(&a, &what));
+        }
+        let (data, version) = match self.version {
+            KvVersion::V2 => {
+                let r: Envelope<V2Read> = parse(&a, &what)?;
+                (r.data.data, r.data.metadata.version)
+            }
+            // KV v1 has no versions: tags live in the data (`KV1_TAG`).
+            KvVersion::V1 => (parse::<Envelope<Json>>(&a, &what)?.data, 0),
+        };
+        match data {
+            Json::Object(data) => Ok(Some(Read { data, version })),
             // A destroyed or deleted KV v2 version answers with `data: null`.
-            Ok((Json::Null, _)) => Ok(None),
-            Ok(_) => Err(Error::internal(format!("{what}: data is not a JSON object")).into()),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(map_err(e, &what)),
+            Json::Null => Ok(None),
+            _ => Err(Error::internal(format!("{what}: data is not a JSON object")).into()),
         }
     }
 
@@ -214,36 +291,24 @@ impl Kv {
         cas: u64,
     ) -> StoreResult<Option<u64>> {
         let what = format!("writing {}/{path}", self.mount);
+        let (op, body) = match self.version {
+            KvVersion::V2 => ("kv2_write", json!({"data": data, "options": {"cas": cas}})),
+            KvVersion::V1 => ("kv1_write", json!(data)),
+        };
+        let body = serde_json::to_vec(&body)
+            .map_err(|e| Error::internal(format!("{what}: encoding failed")).with_source(e))?;
+        let url = self.v2("data", path);
+        let a = send(op, client, reqwest::Method::POST, url, Some(body), &what).await?;
+        if !a.ok() {
+            let refused = a.refusal();
+            if refused.status == 400 && refused.errors.iter().any(|m| m.contains("check-and-set")) {
+                return Ok(None);
+            }
+            return Err(map_answer(&a, &what));
+        }
         match self.version {
-            KvVersion::V2 => {
-                let cas =
-                    u32::try_from(cas).map_err(|_| Error::internal("secret version above u32"))?;
-                let result = shared::metrics::store_call("kv2_write", async {
-                    Ok(vaultrs::kv2::set_with_options(
-                        client,
-                        &self.mount,
-                        path,
-                        data,
-                        SetSecretRequestOptions { cas },
-                    )
-                    .await)
-                })
-                .await?;
-                match result {
-                    Ok(meta) => Ok(Some(meta.version)),
-                    Err(e) if is_cas_mismatch(&e) => Ok(None),
-                    Err(e) => Err(map_err(e, &what)),
-                }
-            }
-            KvVersion::V1 => {
-                let map: HashMap<&str, &Json> = data.iter().map(|(k, v)| (k.as_str(), v)).collect();
-                shared::metrics::store_call("kv1_write", async {
-                    Ok(vaultrs::kv1::set(client, &self.mount, path, &map).await)
-                })
-                .await?
-                .map(|()| Some(0))
-                .map_err(|e| map_err(e, &what))
-            }
+            KvVersion::V2 => Ok(Some(parse::<Envelope<V2Version>>(&a, &what)?.data.version)),
+            KvVersion::V1 => Ok(Some(0)),
         }
     }
 
@@ -252,51 +317,35 @@ impl Kv {
     /// create fail). Removing a missing path succeeds.
     pub async fn remove(&self, client: &VaultClient, path: &str) -> StoreResult<()> {
         let what = format!("removing {}/{path}", self.mount);
-        let result = match self.version {
-            KvVersion::V2 => {
-                shared::metrics::store_call("kv2_delete_metadata", async {
-                    Ok(vaultrs::kv2::delete_metadata(client, &self.mount, path).await)
-                })
-                .await?
-            }
-            KvVersion::V1 => {
-                shared::metrics::store_call("kv1_delete", async {
-                    Ok(vaultrs::kv1::delete(client, &self.mount, path).await)
-                })
-                .await?
-            }
+        let op = match self.version {
+            KvVersion::V2 => "kv2_delete_metadata",
+            KvVersion::V1 => "kv1_delete",
         };
-        match result {
-            Ok(()) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(map_err(e, &what)),
+        let url = self.v2("metadata", path);
+        let a = send(op, client, reqwest::Method::DELETE, url, None, &what).await?;
+        if a.ok() || a.status == 404 {
+            Ok(())
+        } else {
+            Err(map_answer(&a, &what))
         }
     }
 
     /// Keys directly under the folder `path` (empty if there is none).
     pub async fn list(&self, client: &VaultClient, path: &str) -> StoreResult<Vec<String>> {
         let what = format!("listing {}/{path}", self.mount);
-        let result = match self.version {
-            KvVersion::V2 => {
-                shared::metrics::store_call("kv2_list", async {
-                    Ok(vaultrs::kv2::list(client, &self.mount, path).await)
-                })
-                .await?
-            }
-            KvVersion::V1 => {
-                shared::metrics::store_call("kv1_list", async {
-                    Ok(vaultrs::kv1::list(client, &self.mount, path)
-                        .await
-                        .map(|r| r.data.keys))
-                })
-                .await?
-            }
+        let op = match self.version {
+            KvVersion::V2 => "kv2_list",
+            KvVersion::V1 => "kv1_list",
         };
-        match result {
-            Ok(keys) => Ok(keys),
-            Err(e) if is_not_found(&e) => Ok(Vec::new()),
-            Err(e) => Err(map_err(e, &what)),
+        let url = self.v2("metadata", path);
+        let a = send(op, client, http::list_method(), url, None, &what).await?;
+        if a.status == 404 {
+            return Ok(Vec::new());
         }
+        if !a.ok() {
+            return Err(map_answer(&a, &what));
+        }
+        Ok(parse::<Envelope<Keys>>(&a, &what)?.data.keys)
     }
 }
 
