@@ -56,7 +56,7 @@ fn executable(build_json: &PathBuf, package: &str) -> Result<String, String> {
                 .is_some_and(|n| n == package)
             && let Some(dir) = dir
         {
-            return Ok(format!("{exe} {}", dir.display()));
+            return Ok(format!("{exe} {}\n", dir.display()));
         }
     }
     Err(format!("no direct bench executable for {package}"))
