@@ -1033,9 +1033,9 @@ mod tests {
             "",
         ];
         for case in cases {
-            let expected = re.captures(case).map(|c| {
-                [1, 2, 3, 4].map(|i| c.get(i).map_or("", |m| m.as_str()))
-            });
+            let expected = re
+                .captures(case)
+                .map(|c| [1, 2, 3, 4].map(|i| c.get(i).map_or("", |m| m.as_str())));
             assert_eq!(enc_fields(case), expected, "{case:?}");
         }
     }

@@ -23,6 +23,9 @@ pub struct Reading {
     pub rss_kib: u64,
     /// The highest RSS since the start or the last [`ProcessProbe::reset_peak`].
     pub peak_rss_kib: u64,
+    /// The anonymous part of the RSS (heap, stacks): the rest is mapped
+    /// files, mostly the executable's own code.
+    pub anon_kib: u64,
 }
 
 /// What a row cost the backend process.
@@ -92,6 +95,7 @@ impl ProcessProbe {
             cpu: Duration::from_secs_f64(ticks as f64 / self.ticks_per_s),
             rss_kib: kib("VmRSS:"),
             peak_rss_kib: kib("VmHWM:"),
+            anon_kib: kib("RssAnon:"),
         })
     }
 

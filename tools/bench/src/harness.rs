@@ -280,6 +280,10 @@ impl Startup {
             .extra(
                 "RSS idle",
                 format!("{:.1} MiB", self.idle.rss_kib as f64 / 1024.0),
+            )
+            .extra(
+                "of it anonymous",
+                format!("{:.1} MiB", self.idle.anon_kib as f64 / 1024.0),
             );
     }
 }
