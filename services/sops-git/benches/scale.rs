@@ -314,7 +314,7 @@ impl Scale {
             }
         }
         acc.elapsed += started.elapsed();
-        acc.ticks += self.probe.cpu_ticks()?.saturating_sub(ticks);
+        acc.ticks += self.probe.settled_ticks().await?.saturating_sub(ticks);
         acc.peak_rss_kib = acc.peak_rss_kib.max(self.probe.read()?.peak_rss_kib);
         Ok(())
     }

@@ -1,13 +1,22 @@
 //! What the backend process itself costs, read from Linux's /proc: CPU time
 //! (user + system of every thread, exited ones included) and resident
 //! memory, now and at its peak. Measured around a row, so the figures are
-//! the backend's own, whatever the store and the bench spend.
+//! the backend's own, whatever the store and the bench spend. A row's CPU
+//! is read once the process has gone quiet after it: work the row leaves
+//! behind (sops-git packs objects in the background after writes) counts
+//! for that row, not for the next.
 
 use std::{future::Future, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
 use crate::Stats;
+
+/// How long the process must go without a new clock tick to count as
+/// quiet: ten ticks.
+const QUIET: Duration = Duration::from_millis(100);
+/// The longest a row's leftover work is waited for.
+const SETTLE_LIMIT: Duration = Duration::from_secs(30);
 
 /// Reads the costs of one process.
 #[derive(Clone, Debug)]
@@ -113,7 +122,7 @@ impl ProcessProbe {
         self.reset_peak();
         let before = self.ticks()?;
         let stats = row.await?;
-        let ticks = self.ticks()?.saturating_sub(before);
+        let ticks = self.settled_ticks().await?.saturating_sub(before);
         let after = self.read()?;
         Ok((stats.clone(), self.cost(ticks, stats.ops, after)))
     }
@@ -128,7 +137,7 @@ impl ProcessProbe {
         self.reset_peak();
         let before = self.ticks()?;
         let paired = rounds.await?;
-        let ticks = self.ticks()?.saturating_sub(before);
+        let ticks = self.settled_ticks().await?.saturating_sub(before);
         let after = self.read()?;
         let cost = self.cost(ticks, paired.backend.ops, after);
         Ok((paired, cost))
@@ -154,6 +163,34 @@ impl ProcessProbe {
     pub fn cpu_ticks(&self) -> Result<u64, String> {
         self.ticks()
     }
+
+    /// CPU ticks once the process has gone [`QUIET`] (or after
+    /// [`SETTLE_LIMIT`], for a process that never does): the end of a row
+    /// measured by hand.
+    pub async fn settled_ticks(&self) -> Result<u64, String> {
+        let rounds = (SETTLE_LIMIT.as_millis() / QUIET.as_millis()) as u32;
+        settle(|| self.ticks(), || tokio::time::sleep(QUIET), rounds).await
+    }
+}
+
+/// The first reading of `ticks` equal to the one before it, `pause` apart,
+/// or the last of `rounds` pauses.
+async fn settle<T, P, F>(mut ticks: T, mut pause: P, rounds: u32) -> Result<u64, String>
+where
+    T: FnMut() -> Result<u64, String>,
+    P: FnMut() -> F,
+    F: Future<Output = ()>,
+{
+    let mut last = ticks()?;
+    for _ in 0..rounds {
+        pause().await;
+        let now = ticks()?;
+        if now == last {
+            return Ok(now);
+        }
+        last = now;
+    }
+    Ok(last)
 }
 
 #[cfg(test)]
@@ -174,6 +211,28 @@ mod tests {
             r.cpu > Duration::ZERO && r.rss_kib > 0 && r.peak_rss_kib >= r.rss_kib,
             "{r:?}"
         );
+    }
+
+    /// Readings of a process's ticks, one per call, the last repeated.
+    fn readings(values: &[u64]) -> impl FnMut() -> Result<u64, String> + '_ {
+        let mut i = 0;
+        move || {
+            let v = values[i.min(values.len() - 1)];
+            i += 1;
+            Ok(v)
+        }
+    }
+
+    #[tokio::test]
+    async fn settling_waits_until_the_ticks_stop_moving() {
+        let got = settle(readings(&[3, 7, 12, 12, 40]), || async {}, 100).await;
+        assert_eq!(got, Ok(12));
+    }
+
+    #[tokio::test]
+    async fn settling_gives_up_after_its_rounds() {
+        let busy: Vec<u64> = (0..50).collect();
+        assert_eq!(settle(readings(&busy), || async {}, 5).await, Ok(5));
     }
 
     #[test]
