@@ -138,34 +138,43 @@ mod tests {
     }
 
     #[test]
-    fn urls_append_section_and_path_to_the_mount() {
-        let m = mount("http://127.0.0.1:8200", "secret");
-        assert_eq!(
-            m.url(Some("data"), "capact/abc/meta").as_str(),
-            "http://127.0.0.1:8200/v1/secret/data/capact/abc/meta"
-        );
-        assert_eq!(
-            m.url(None, "capact/abc/1").as_str(),
-            "http://127.0.0.1:8200/v1/secret/capact/abc/1"
-        );
-    }
-
-    #[test]
-    fn urls_keep_an_address_path_and_nested_mounts() {
-        let m = mount("https://vault.example:8200/proxy/", "team/kv");
-        assert_eq!(
-            m.url(Some("metadata"), "p/x").as_str(),
-            "https://vault.example:8200/proxy/v1/team/kv/metadata/p/x"
-        );
-    }
-
-    #[test]
-    fn path_segments_are_percent_encoded() {
-        let m = mount("http://127.0.0.1:8200", "secret");
-        assert_eq!(
-            m.url(Some("data"), "a b/c?d").as_str(),
-            "http://127.0.0.1:8200/v1/secret/data/a%20b/c%3Fd"
-        );
+    fn urls_join_address_mount_section_and_encoded_path() {
+        let cases = [
+            // (address, mount, section, path, url)
+            (
+                "http://127.0.0.1:8200",
+                "secret",
+                Some("data"),
+                "capact/abc/meta",
+                "http://127.0.0.1:8200/v1/secret/data/capact/abc/meta",
+            ),
+            (
+                "http://127.0.0.1:8200",
+                "secret",
+                None,
+                "capact/abc/1",
+                "http://127.0.0.1:8200/v1/secret/capact/abc/1",
+            ),
+            // An address with a path of its own, a nested mount.
+            (
+                "https://vault.example:8200/proxy/",
+                "team/kv",
+                Some("metadata"),
+                "p/x",
+                "https://vault.example:8200/proxy/v1/team/kv/metadata/p/x",
+            ),
+            // Path segments are percent-encoded.
+            (
+                "http://127.0.0.1:8200",
+                "secret",
+                Some("data"),
+                "a b/c?d",
+                "http://127.0.0.1:8200/v1/secret/data/a%20b/c%3Fd",
+            ),
+        ];
+        for (address, mount_path, section, path, want) in cases {
+            assert_eq!(mount(address, mount_path).url(section, path).as_str(), want);
+        }
     }
 
     #[test]
