@@ -119,12 +119,7 @@ impl ProcessProbe {
     where
         F: Future<Output = Result<Stats, String>>,
     {
-        self.reset_peak();
-        let before = self.ticks()?;
-        let stats = row.await?;
-        let ticks = self.settled_ticks().await?.saturating_sub(before);
-        let after = self.read()?;
-        Ok((stats.clone(), self.cost(ticks, stats.ops, after)))
+        self.around(row, |stats| stats.ops).await
     }
 
     /// Runs alternating backend/direct rounds ([`crate::run_paired`]) and
@@ -134,13 +129,21 @@ impl ProcessProbe {
     where
         F: Future<Output = Result<crate::Paired, String>>,
     {
+        self.around(rounds, |paired| paired.backend.ops).await
+    }
+
+    /// Runs `work` and adds its cost to the process per call (`calls` of
+    /// its result), the CPU read once the process is quiet.
+    async fn around<T, F>(&self, work: F, calls: impl Fn(&T) -> u64) -> Result<(T, Cost), String>
+    where
+        F: Future<Output = Result<T, String>>,
+    {
         self.reset_peak();
         let before = self.ticks()?;
-        let paired = rounds.await?;
+        let out = work.await?;
         let ticks = self.settled_ticks().await?.saturating_sub(before);
-        let after = self.read()?;
-        let cost = self.cost(ticks, paired.backend.ops, after);
-        Ok((paired, cost))
+        let cost = self.cost(ticks, calls(&out), self.read()?);
+        Ok((out, cost))
     }
 
     /// The cost of `calls` that took `ticks` of CPU, with the memory of
